@@ -1,0 +1,3 @@
+from vncsess.cli import main
+
+main()

@@ -1,0 +1,481 @@
+"""The command line. Parses, calls the core, renders. The only module that prints or exits."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from vncsess import __version__, config
+from vncsess import console as ui
+from vncsess.errors import ExitCode, VncsessError
+from vncsess.models import Result, Session
+
+app = typer.Typer(
+    name="vncsess",
+    help="Disposable, watchable desktops for AI browser agents.\n\n"
+    "Each session is a docker compose project with a display you watch in noVNC and a "
+    "browser-use agent working on it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # a traceback must never print a key from a .env file
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+record_app = typer.Typer(help="Record a session's display to MP4.", no_args_is_help=True)
+app.add_typer(record_app, name="record")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+IdArg = Annotated[str, typer.Argument(help="Session id (or a unique prefix, or its name).")]
+
+
+def handled(fn: F) -> F:
+    """Expected failures become one line (and a hint) on stderr and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except VncsessError as exc:
+            ui.error(exc.message, exc.hint)
+            raise typer.Exit(int(exc.exit_code)) from None
+        except KeyboardInterrupt:
+            ui.error("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(**flags: Any) -> config.Settings:
+    return config.load(**flags)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"vncsess {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    pass
+
+
+# ------------------------------------------------------------------ build
+
+
+@app.command()
+@handled
+def build(
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when up to date.")] = False,
+) -> None:
+    """Build the vncsess-vnc and vncsess-agent images (bootstraps the Debian base if needed)."""
+    from vncsess import images
+
+    settings = _settings()
+    with ui.progress("building images") as step:
+        built = images.ensure(settings, step, force=force)
+    ui.success(f"built {', '.join(built)}" if built else "images are up to date")
+
+
+# ------------------------------------------------------------------ up
+
+
+@app.command()
+@handled
+def up(
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="What the agent should do. `demo` runs the demo.")
+    ] = "",
+    task_file: Annotated[
+        Path | None, typer.Option("--task-file", help="Read the task from a file (- for stdin).")
+    ] = None,
+    llm: Annotated[
+        str,
+        typer.Option(
+            "--llm",
+            help="PROVIDER:MODEL (openai, anthropic, google, ollama) or `demo`, the built-in "
+            "scripted model. Default: demo, or a provider whose key is in the env file.",
+        ),
+    ] = "",
+    base_url: Annotated[
+        str, typer.Option("--base-url", help="OpenAI-compatible server for --llm openai:MODEL.")
+    ] = "",
+    env_file: Annotated[
+        Path | None,
+        typer.Option("--env-file", help="LLM keys (KEY=VALUE). Default: ./agent/.env if present."),
+    ] = None,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Agent step limit.")] = 25,
+    wait_: Annotated[
+        bool, typer.Option("--wait", help="Wait for the agent's result; exit code tells success.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="With --wait: give up after SECONDS.")
+    ] = None,
+    name: Annotated[str, typer.Option("--name", help="A name to find the session by.")] = "",
+    port: Annotated[
+        int | None, typer.Option("--port", "-p", help="Host port for noVNC (default: a free one).")
+    ] = None,
+    resolution: Annotated[
+        str, typer.Option("--resolution", "-r", help="Display size WxH. [default: 1280x720]")
+    ] = "",
+    bind: Annotated[
+        str, typer.Option("--bind", help="Address noVNC listens on. [default: 127.0.0.1]")
+    ] = "",
+    public_host: Annotated[
+        str, typer.Option("--public-host", help="Host printed in the URL (also PUBLIC_HOST).")
+    ] = "",
+    record: Annotated[bool, typer.Option("--record", help="Record from the first frame.")] = False,
+    fps: Annotated[int, typer.Option("--fps", help="Recording frame rate.")] = 15,
+    no_internet: Annotated[
+        bool, typer.Option("--no-internet", help="The browser reaches only the session itself.")
+    ] = False,
+    cpus: Annotated[str, typer.Option("--cpus", help="CPU limit of the agent container.")] = "1.5",
+    memory: Annotated[
+        str, typer.Option("--memory", help="Memory limit of the agent container.")
+    ] = "2g",
+    json_: JsonOpt = False,
+) -> None:
+    """Start a session and print its noVNC URL (the URL carries the viewer secret)."""
+    from vncsess import sessions
+
+    if task and task_file:
+        raise VncsessError("give --task or --task-file, not both", exit_code=ExitCode.BAD_INPUT)
+    if task_file is not None:
+        task = _read_task(task_file)
+    if timeout is not None and not wait_:
+        raise VncsessError("--timeout needs --wait", exit_code=ExitCode.BAD_INPUT)
+    settings = _settings(
+        bind=bind, public_host=public_host, resolution=resolution, env_file=env_file
+    )
+    opts = sessions.UpOptions(
+        name=name, port=port, resolution=resolution, task=task, llm=llm, llm_base_url=base_url,
+        max_steps=max_steps, record=record, record_fps=fps, no_internet=no_internet,
+        cpus=cpus, memory=memory,
+    )  # fmt: skip
+    with ui.progress("starting session") as step:
+        session = sessions.up(settings, opts, step, explicit_env=env_file is not None)
+    if not wait_:
+        if json_:
+            ui.print_json(session.to_dict(show_secrets=True))
+        else:
+            _print_started(session, task)
+        return
+    if not json_:
+        _print_started(session, task)
+        ui.info("waiting for the agent's result...")
+    _, res = sessions.wait(settings, session.id, timeout)
+    _finish_with_result(session, res, json_)
+
+
+def _read_task(path: Path) -> str:
+    try:
+        return sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise VncsessError(
+            f"cannot read task file {path}: {exc.strerror}", exit_code=ExitCode.BAD_INPUT
+        ) from None
+    except UnicodeDecodeError:
+        raise VncsessError(
+            f"task file {path} is not UTF-8 text", exit_code=ExitCode.BAD_INPUT
+        ) from None
+
+
+def _print_started(session: Session, task: str) -> None:
+    ui.out.print(session.novnc_url)
+    ui.success(f"session {session.id} is up ({session.resolution}, model: {session.llm})")
+    if task:
+        ui.info(f"the agent is working; `vncsess wait {session.id}` blocks until it is done")
+    ui.info(f"stop it with `vncsess stop {session.id}`")
+
+
+def _finish_with_result(session: Session | None, res: Result, json_: bool) -> None:
+    if json_:
+        data = session.to_dict(show_secrets=True) if session else {}
+        ui.print_json({**data, "result": res.to_dict()})
+    else:
+        _print_result(res)
+    raise typer.Exit(int(ExitCode.OK if res.success else ExitCode.TASK_FAILED))
+
+
+def _print_result(res: Result) -> None:
+    style = "green" if res.success else "red"
+    ui.err.print(f"[{style}]{res.status}[/] after {res.steps} steps ({res.duration_s or 0:.1f}s)")
+    if res.final_text:
+        ui.out.print(res.final_text)
+    for e in res.errors:
+        ui.err.print(f"[red]·[/] {e}", markup=True, highlight=False)
+
+
+# ------------------------------------------------------------------ ls / inspect
+
+
+@app.command("ls")
+@handled
+def ls(
+    json_: JsonOpt = False,
+    show_secrets: Annotated[
+        bool, typer.Option("--show-secrets", help="Print URLs with their viewer secret.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only ids.")] = False,
+) -> None:
+    """List sessions (read from Docker, so sessions from other shells show too)."""
+    from vncsess import sessions
+
+    found = sessions.list_sessions(_settings())
+    if json_:
+        ui.print_json([s.to_dict(show_secrets=show_secrets) for s in found])
+    elif quiet:
+        for s in found:
+            print(s.id)
+    elif not found:
+        ui.info("no sessions; start one with `vncsess up`")
+    else:
+        ui.table(
+            ["ID", "NAME", "STATUS", "AGENT", "CONTROL", "AGE", "SIZE", "URL"],
+            [
+                [
+                    s.id,
+                    s.name or "-",
+                    s.status,
+                    s.agent_state,
+                    s.control,
+                    ui.human_age(s.age_seconds),
+                    s.resolution,
+                    s.to_dict(show_secrets=show_secrets)["novnc_url"] or "-",
+                ]
+                for s in found
+            ],
+        )
+
+
+@app.command()
+@handled
+def inspect(session_id: IdArg, json_: JsonOpt = False) -> None:
+    """Show one session in detail, secrets and data dir included."""
+    from vncsess import recordings, sessions
+
+    settings = _settings()
+    s = sessions.get(settings, session_id)
+    recordings.heal(settings, s)
+    d = s.to_dict(show_secrets=True)
+    if s.control_url:
+        d["control_url"] = s.control_url
+    if json_:
+        ui.print_json(d)
+        return
+    for key, value in d.items():
+        shown = (
+            ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
+        )
+        ui.out.print(f"[bold]{key:>13}[/]  {ui.escape(str(shown))}")
+
+
+# ------------------------------------------------------------------ logs / stop
+
+
+@app.command()
+@handled
+def logs(
+    session_id: IdArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following.")] = False,
+    service: Annotated[
+        str | None, typer.Option("--service", "-s", help="vnc or agent (default: both).")
+    ] = None,
+    tail: Annotated[int | None, typer.Option("--tail", "-n", help="Last N lines.")] = None,
+) -> None:
+    """Show (or follow) a session's container logs."""
+    from vncsess import sessions
+
+    if service not in (None, "vnc", "agent"):
+        raise VncsessError(
+            f"unknown service {service!r}", hint="use vnc or agent", exit_code=ExitCode.BAD_INPUT
+        )
+    if tail is not None and tail < 0:
+        raise VncsessError("--tail must be 0 or more", exit_code=ExitCode.BAD_INPUT)
+    for line in sessions.logs(_settings(), session_id, service, follow, tail):
+        print(line, flush=True)
+
+
+@app.command()
+@handled
+def stop(
+    session_ids: Annotated[list[str] | None, typer.Argument(help="Session ids.")] = None,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Stop every session.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Remove sessions' containers, networks and volumes; keep their data dirs."""
+    from vncsess import sessions
+
+    if all_ and session_ids:
+        raise VncsessError("give ids or --all, not both", exit_code=ExitCode.BAD_INPUT)
+    with ui.progress("stopping") as step:
+        step("finalising recordings and removing containers")
+        stopped = sessions.stop(_settings(), session_ids or [], stop_all=all_)
+    if json_:
+        ui.print_json({"stopped": stopped})
+    elif stopped:
+        for sid in stopped:
+            print(sid)
+    else:
+        ui.info("no sessions to stop")
+
+
+# ------------------------------------------------------------------ results
+
+
+@app.command()
+@handled
+def wait(
+    session_id: IdArg,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Give up after SECONDS (exit 5).")
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Block until the agent finishes; exit 0 if the task succeeded, 1 if it failed."""
+    from vncsess import sessions
+
+    if timeout is not None and timeout <= 0:
+        raise VncsessError("--timeout must be positive", exit_code=ExitCode.BAD_INPUT)
+    session, res = sessions.wait(_settings(), session_id, timeout)
+    _finish_with_result(session, res, json_)
+
+
+@app.command()
+@handled
+def result(session_id: IdArg, json_: JsonOpt = False) -> None:
+    """Show the agent's result (also after the session was stopped)."""
+    from vncsess import sessions
+
+    res = sessions.result(_settings(), session_id)
+    _finish_with_result(None, res, json_)
+
+
+# ------------------------------------------------------------------ recording
+
+
+@record_app.command("start")
+@handled
+def record_start(
+    session_id: IdArg,
+    fps: Annotated[
+        int | None, typer.Option("--fps", help="Frames per second [default: 15].")
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Start recording the session's display."""
+    from vncsess import recordings, sessions
+
+    if fps is not None and not 1 <= fps <= 60:
+        raise VncsessError("--fps must be between 1 and 60", exit_code=ExitCode.BAD_INPUT)
+    settings = _settings()
+    path = recordings.start(settings, sessions.get(settings, session_id), fps)
+    final = path.with_name(path.name.replace(".partial.mp4", ".mp4"))
+    if json_:
+        ui.print_json({"session_id": session_id, "file": str(final), "state": "recording"})
+    else:
+        ui.success(f"recording to {final}")
+
+
+@record_app.command("stop")
+@handled
+def record_stop(session_id: IdArg, json_: JsonOpt = False) -> None:
+    """Stop the running recording and make it seekable."""
+    from vncsess import recordings, sessions
+
+    settings = _settings()
+    path = recordings.stop(settings, sessions.get(settings, session_id))
+    if json_:
+        ui.print_json({"session_id": session_id, "file": str(path), "state": "complete"})
+    else:
+        print(path)
+
+
+@app.command("recordings")
+@handled
+def recordings_(
+    session_id: Annotated[str | None, typer.Argument(help="Only this session.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List recordings with duration and size (interrupted ones are repaired first)."""
+    from vncsess import recordings
+
+    found = recordings.list_recordings(_settings(), session_id)
+    if json_:
+        ui.print_json([r.to_dict() for r in found])
+    elif not found:
+        ui.info("no recordings; `vncsess record start ID` or `vncsess up --record`")
+    else:
+        ui.table(
+            ["SESSION", "STATE", "DURATION", "SIZE", "FILE"],
+            [
+                [
+                    r.session_id,
+                    r.state,
+                    f"{r.duration_s:.1f}s" if r.duration_s else "-",
+                    ui.human_size(r.size_bytes),
+                    str(r.path),
+                ]
+                for r in found
+            ],
+        )
+
+
+@app.command()
+@handled
+def screenshot(
+    session_id: IdArg,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="PNG file (default: the data dir).")
+    ] = None,
+) -> None:
+    """Save the session's display as a PNG."""
+    from vncsess import recordings, sessions
+
+    settings = _settings()
+    print(recordings.screenshot(settings, sessions.get(settings, session_id), output))
+
+
+# ------------------------------------------------------------------ take control
+
+
+@app.command()
+@handled
+def control(session_id: IdArg, json_: JsonOpt = False) -> None:
+    """Pause the agent and print an interactive URL, to take over (log in, solve a captcha)."""
+    from vncsess import sessions
+
+    s = sessions.set_control(_settings(), session_id, take=True)
+    if json_:
+        ui.print_json({**s.to_dict(show_secrets=True), "control_url": s.control_url})
+        return
+    ui.out.print(s.control_url)
+    ui.success(f"the agent of {s.id} is paused; this URL has keyboard and mouse")
+    ui.info(f"hand back with `vncsess resume {s.id}`")
+
+
+@app.command()
+@handled
+def resume(session_id: IdArg, json_: JsonOpt = False) -> None:
+    """Hand the session back to the agent, which continues its task."""
+    from vncsess import sessions
+
+    s = sessions.set_control(_settings(), session_id, take=False)
+    if json_:
+        ui.print_json(s.to_dict())
+    else:
+        ui.success(f"the agent of {s.id} continues")
+
+
+def main() -> None:
+    app()

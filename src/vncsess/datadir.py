@@ -1,0 +1,153 @@
+"""A session's data dir: what outlives its containers (compose file, result, recordings,
+downloads, logs) and the secret files mounted into them. The one module that lays it out."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import string
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# What the containers run as. On a host where vncsess runs as root the containers still
+# run as this unprivileged uid, and vncsess hands them their directories.
+CONTAINER_UID = 1000
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def container_ids() -> tuple[int, int]:
+    """The uid:gid for the containers: the caller's own, or 1000 when the caller is root,
+    so files the containers write stay the user's and nothing in a container is root."""
+    uid, gid = os.getuid(), os.getgid()
+    return (CONTAINER_UID, CONTAINER_UID) if uid == 0 else (uid, gid)
+
+
+def new_password() -> str:
+    """8 characters: x11vnc (VNC auth) ignores anything past the eighth."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(8))
+
+
+def xauthority(cookie: bytes, display: str = "99") -> bytes:
+    """An Xauthority file with one FamilyWild MIT-MAGIC-COOKIE-1 entry: valid from any
+    hostname, so the vnc and agent containers can share it."""
+
+    def field(b: bytes) -> bytes:
+        return struct.pack(">H", len(b)) + b
+
+    return (
+        struct.pack(">H", 0xFFFF)
+        + field(b"")
+        + field(display.encode())
+        + field(b"MIT-MAGIC-COOKIE-1")
+        + field(cookie)
+    )
+
+
+@dataclass(frozen=True)
+class DataDir:
+    path: Path
+
+    # layout -------------------------------------------------------------
+    @property
+    def secrets(self) -> Path:
+        return self.path / "secrets"
+
+    @property
+    def agent(self) -> Path:
+        return self.path / "agent"
+
+    @property
+    def recordings(self) -> Path:
+        return self.path / "recordings"
+
+    @property
+    def screenshots(self) -> Path:
+        return self.path / "screenshots"
+
+    @property
+    def downloads(self) -> Path:
+        return self.agent / "downloads"
+
+    @property
+    def result_file(self) -> Path:
+        return self.agent / "result.json"
+
+    @property
+    def status_file(self) -> Path:
+        return self.agent / "status.json"
+
+    @property
+    def control_file(self) -> Path:
+        return self.path / "control.json"
+
+    @property
+    def compose_file(self) -> Path:
+        return self.path / "compose.yml"
+
+    @property
+    def env_file(self) -> Path:
+        return self.path / "session.env"
+
+    # creation -----------------------------------------------------------
+    def create(self, task: str, llm_env: str, view_secret: str, control_secret: str) -> None:
+        """Make the tree and its secret files, owned by the containers' user."""
+        self.path.mkdir(parents=True, mode=0o700)
+        self.secrets.mkdir(mode=0o700)
+        for d in (self.agent, self.downloads, self.recordings, self.screenshots):
+            d.mkdir(mode=0o750)
+        self._secret("xauth", xauthority(secrets.token_bytes(16)))
+        # x11vnc passwdfile: full-access password, then the view-only one.
+        self._secret(
+            "vnc_passwd", f"{control_secret}\n__BEGIN_VIEWONLY__\n{view_secret}\n".encode()
+        )
+        self._secret("llm.env", llm_env.encode())
+        (self.path / "task.txt").write_text(task, encoding="utf-8")
+        self._own(self.path / "task.txt", 0o400)
+        for d in (self.agent, self.downloads, self.recordings, self.screenshots):
+            self._own(d, 0o750)
+
+    def _secret(self, name: str, data: bytes) -> None:
+        path = self.secrets / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        self._own(path, 0o400)
+
+    @staticmethod
+    def _own(path: Path, mode: int) -> None:
+        uid, gid = container_ids()
+        if os.getuid() == 0:
+            os.chown(path, uid, gid)
+        path.chmod(mode)
+
+    def forget_secrets(self) -> None:
+        """After stop: keys and passwords have no use any more; the artifacts stay."""
+        shutil.rmtree(self.secrets, ignore_errors=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # reading ------------------------------------------------------------
+    def vnc_secrets(self) -> tuple[str, str]:
+        """(view secret, control secret), or empty strings when no longer known."""
+        try:
+            lines = (self.secrets / "vnc_passwd").read_text().splitlines()
+        except OSError:
+            return "", ""
+        return (lines[2] if len(lines) > 2 else ""), (lines[0] if lines else "")
+
+    def read_json(self, path: Path) -> dict[str, Any] | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_json(self, path: Path, data: dict[str, Any]) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        tmp.replace(path)

@@ -1,0 +1,153 @@
+"""Plain, frozen data returned by the core and rendered by the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def project_name(session_id: str) -> str:
+    """The one place a session id becomes a compose project name."""
+    return f"vncsess-{session_id}"
+
+
+def novnc_url(host: str, port: int, password: str = "", view_only: bool = True) -> str:
+    """noVNC URL ready for an iframe; the password makes noVNC answer the server's VNC auth."""
+    url = f"http://{host}:{port}/vnc.html?autoconnect=true&resize=scale"
+    if view_only:
+        url += "&view_only=true"
+    if password:
+        url += f"&password={password}"
+    return url
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    name: str
+    status: str  # starting | running | unhealthy | degraded | exited
+    created_at: datetime
+    resolution: str
+    novnc_port: int | None
+    url_host: str
+    data_dir: Path
+    llm: str
+    services: dict[str, str] = field(default_factory=dict)  # service -> docker state
+    agent_state: str = "unknown"  # from the runner's status.json
+    control: str = "watching"  # watching | paused | controlled
+    no_internet: bool = False
+    recording: str = ""  # file name of the running recording, if any
+    view_secret: str = field(default="", repr=False)
+    control_secret: str = field(default="", repr=False)
+
+    @property
+    def project(self) -> str:
+        return project_name(self.id)
+
+    @property
+    def age_seconds(self) -> float:
+        return (datetime.now(UTC) - self.created_at).total_seconds()
+
+    @property
+    def novnc_url(self) -> str:
+        """The watch URL (view-only), with the viewer secret when it is known."""
+        if self.novnc_port is None:
+            return ""
+        return novnc_url(self.url_host, self.novnc_port, self.view_secret)
+
+    @property
+    def control_url(self) -> str:
+        if self.novnc_port is None or not self.control_secret:
+            return ""
+        return novnc_url(self.url_host, self.novnc_port, self.control_secret, view_only=False)
+
+    def to_dict(self, show_secrets: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "session_id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "created_at": self.created_at.isoformat(),
+            "age_s": round(self.age_seconds, 1),
+            "resolution": self.resolution,
+            "novnc_port": self.novnc_port,
+            "novnc_url": self.novnc_url if show_secrets else redact_url(self.novnc_url),
+            "data_dir": str(self.data_dir),
+            "llm": self.llm,
+            "services": dict(self.services),
+            "agent_state": self.agent_state,
+            "control": self.control,
+            "no_internet": self.no_internet,
+            "recording": self.recording,
+        }
+        if show_secrets and self.control_url and self.control != "watching":
+            d["control_url"] = self.control_url
+        return d
+
+    def replace(self, **changes: Any) -> Session:
+        return dataclasses.replace(self, **changes)
+
+
+def redact_url(url: str) -> str:
+    """Hide the viewer secret in a URL (`password=…`)."""
+    if "password=" not in url:
+        return url
+    head, _, _ = url.partition("password=")
+    return head + "password=***"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the agent runner wrote to result.json when the task ended."""
+
+    status: str  # succeeded | failed | cancelled
+    success: bool
+    final_text: str | None
+    steps: int
+    urls: list[str]
+    errors: list[str]
+    llm: str
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    first_navigation_s: float | None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        return cls(
+            status=str(d.get("status", "failed")),
+            success=bool(d.get("success", False)),
+            final_text=d.get("final_text"),
+            steps=int(d.get("steps") or 0),
+            urls=list(d.get("urls") or []),
+            errors=[str(e) for e in d.get("errors") or []],
+            llm=str(d.get("llm", "")),
+            started_at=d.get("started_at"),
+            finished_at=d.get("finished_at"),
+            duration_s=d.get("duration_s"),
+            first_navigation_s=d.get("first_navigation_s"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Recording:
+    session_id: str
+    path: Path
+    size_bytes: int
+    duration_s: float | None
+    state: str  # complete | recording | partial (interrupted, not yet made seekable)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "file": str(self.path),
+            "name": self.path.name,
+            "size_bytes": self.size_bytes,
+            "duration_s": self.duration_s,
+            "state": self.state,
+        }
