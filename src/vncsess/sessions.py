@@ -191,6 +191,8 @@ def up(
             "LLM": llm,
             "LLM_BASE_URL": opts.llm_base_url,
             "MAX_STEPS": str(opts.max_steps),
+            # The demo model pauses between steps so people can follow it; tests set 0.
+            "DEMO_STEP_DELAY": os.environ.get("VNCSESS_DEMO_STEP_DELAY", "1.0"),
             "NO_INTERNET": "1" if opts.no_internet else "",
             "RECORD": "1" if opts.record else "",
             "RECORD_FPS": str(opts.record_fps),
