@@ -319,8 +319,7 @@ def stop(
     if all_ and session_ids:
         raise VncsessError("give ids or --all, not both", exit_code=ExitCode.BAD_INPUT)
     with ui.progress("stopping") as step:
-        step("finalising recordings and removing containers")
-        stopped = sessions.stop(_settings(), session_ids or [], stop_all=all_)
+        stopped = sessions.stop(_settings(), session_ids or [], stop_all=all_, progress=step)
     if json_:
         ui.print_json({"stopped": stopped})
     elif stopped:

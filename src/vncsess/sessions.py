@@ -248,7 +248,9 @@ def _wait_ready(settings: Settings, session_id: str, deadline: float) -> Session
             rfb.wait_ready(
                 _connect_host(settings), session.novnc_port, min(deadline, time.monotonic() + 2)
             )
-            return get(settings, session_id)
+            # RFB answered through websockify: stronger than the 1 s healthcheck, which
+            # may not have run yet.
+            return get(settings, session_id).replace(status="running")
         except TimeoutError as exc:
             session = get(settings, session_id)
             dead = [
@@ -393,7 +395,9 @@ def data_dir_of(settings: Settings, ref: str) -> DataDir:
 # ------------------------------------------------------------------ stop, logs
 
 
-def stop(settings: Settings, refs: list[str], stop_all: bool = False) -> list[str]:
+def stop(
+    settings: Settings, refs: list[str], stop_all: bool = False, progress: Progress = print
+) -> list[str]:
     """Remove each session's containers, networks and volumes; keep its data dir
     (recordings finalised first, secrets deleted). Returns the ids stopped."""
     if stop_all:
@@ -406,6 +410,7 @@ def stop(settings: Settings, refs: list[str], stop_all: bool = False) -> list[st
 
     stopped = []
     for s in targets:
+        progress(f"stopping {s.id}")
         recordings.stop_running(settings, s)
         docker.compose_down(s.project)
         data = DataDir(s.data_dir)

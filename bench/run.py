@@ -1,0 +1,190 @@
+"""Benchmarks that print figures (not pass/fail). Run with `make bench`; results go in
+docs/benchmarks.md. Every figure is a median over several runs on the real engine.
+
+    python bench/run.py [--runs N] [--only first-frame,memory,ls,agent,recorder]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from vncsess.rfb import RfbClient
+
+ENV = dict(os.environ)
+
+
+def vncsess(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vncsess", *args],
+        capture_output=True, text=True, env=ENV, check=check,
+    )  # fmt: skip
+
+
+def up(*args: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(vncsess("up", "--json", *args).stdout)
+    return data
+
+
+def stop(*ids: str) -> None:
+    if ids:
+        vncsess("stop", *ids)
+
+
+def secret(url: str) -> str:
+    return url.split("password=", 1)[1].split("&", 1)[0]
+
+
+def mem_mib(container: str) -> float:
+    out = subprocess.run(
+        ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
+        capture_output=True, text=True, check=True,
+    ).stdout.split("/")[0].strip()  # fmt: skip
+    units = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024, "B": 1 / 1024 / 1024}
+    for unit, factor in units.items():
+        if out.endswith(unit):
+            return float(out[: -len(unit)]) * factor
+    return float("nan")
+
+
+def first_frame(runs: int) -> list[str]:
+    times, ups = [], []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        s = up()
+        ups.append(time.monotonic() - t0)
+        with RfbClient("127.0.0.1", s["novnc_port"]) as c:
+            c.login(secret(s["novnc_url"]))
+            c.frame()
+        times.append(time.monotonic() - t0)
+        stop(s["session_id"])
+    return [
+        f"| `vncsess up` returns (URL printed) | {statistics.median(ups):.2f} s | {runs} |",
+        f"| `vncsess up` to first noVNC framebuffer | {statistics.median(times):.2f} s | {runs} |",
+    ]
+
+
+def memory(runs: int) -> list[str]:
+    s = up()
+    time.sleep(5)  # settle: the figure is for an idle session
+    vnc = [mem_mib(f"vncsess-{s['session_id']}-vnc-1") for _ in range(runs)]
+    agent = [mem_mib(f"vncsess-{s['session_id']}-agent-1") for _ in range(runs)]
+    stop(s["session_id"])
+    return [
+        f"| idle vnc container memory | {statistics.median(vnc):.0f} MiB | {runs} |",
+        f"| idle agent container (Chromium open) | {statistics.median(agent):.0f} MiB | {runs} |",
+    ]
+
+
+def ls_time(runs: int, sessions: int = 20) -> list[str]:
+    ids = []
+    try:
+        for _ in range(sessions):
+            ids.append(up()["session_id"])
+        times = []
+        for _ in range(runs):
+            t0 = time.monotonic()
+            out = vncsess("ls", "--json").stdout
+            times.append(time.monotonic() - t0)
+            assert len(json.loads(out)) >= sessions
+    finally:
+        stop(*ids)
+    return [
+        f"| `vncsess ls` with {sessions} sessions | {statistics.median(times):.2f} s | {runs} |"
+    ]
+
+
+def agent(runs: int) -> list[str]:
+    navs, mems = [], []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        s = up("--task", "demo")
+        status = Path(s["data_dir"]) / "agent" / "status.json"
+        nav = None
+        while time.monotonic() - t0 < 60:
+            try:
+                if json.loads(status.read_text()).get("url"):
+                    nav = time.monotonic() - t0
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        mems.append(mem_mib(f"vncsess-{s['session_id']}-agent-1"))
+        vncsess("wait", s["session_id"], "--timeout", "120", check=False)
+        stop(s["session_id"])
+        if nav is not None:
+            navs.append(nav)
+    return [
+        f"| `vncsess up --task` to the agent's first navigation | "
+        f"{statistics.median(navs):.2f} s | {len(navs)} |",
+        f"| agent container while the agent runs | {statistics.median(mems):.0f} MiB | {runs} |",
+    ]
+
+
+def recorder(runs: int, seconds: int = 30) -> list[str]:
+    shares, rates = [], []
+    for _ in range(runs):
+        s = up("--resolution", "1280x720", "--task", "demo")
+        vnc = f"vncsess-{s['session_id']}-vnc-1"
+        vncsess("record", "start", s["session_id"])
+        time.sleep(2)
+        pid = subprocess.run(
+            ["docker", "exec", vnc, "pgrep", "-o", "ffmpeg"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+
+        def cpu_ticks() -> int:
+            stat = subprocess.run(
+                ["docker", "exec", vnc, "cat", f"/proc/{pid}/stat"],
+                capture_output=True, text=True, check=True,
+            ).stdout.rsplit(")", 1)[1].split()  # fmt: skip
+            return int(stat[11]) + int(stat[12])  # utime + stime
+
+        c0, t0 = cpu_ticks(), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = cpu_ticks(), time.monotonic()
+        shares.append((c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0))
+        path = Path(vncsess("record", "stop", s["session_id"]).stdout.strip())
+        rates.append(path.stat().st_size / (seconds + 2) * 60)
+        stop(s["session_id"])
+    return [
+        f"| recorder CPU at 1280x720, 15 fps | {statistics.median(shares) * 100:.0f} % of one core"
+        f" | {runs} |",
+        f"| recording size at 1280x720, 15 fps | {statistics.median(rates) / 1e6:.1f} MB/min"
+        f" | {runs} |",
+    ]
+
+
+BENCHES = {
+    "first-frame": first_frame,
+    "memory": memory,
+    "ls": ls_time,
+    "agent": agent,
+    "recorder": recorder,
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--only", default=",".join(BENCHES))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vncsess-bench-") as home:
+        ENV["VNCSESS_HOME"] = home
+        ENV.setdefault("VNCSESS_DEMO_STEP_DELAY", "0.5")
+        print("| measure | median | runs |\n|---|---|---|", flush=True)
+        for name in args.only.split(","):
+            for line in BENCHES[name](args.runs):
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
