@@ -129,6 +129,15 @@ def agent(runs: int) -> list[str]:
     ]
 
 
+def cpu_ticks(container: str, pid: str) -> int:
+    """utime + stime of a process in a container, in clock ticks."""
+    stat = subprocess.run(
+        ["docker", "exec", container, "cat", f"/proc/{pid}/stat"],
+        capture_output=True, text=True, check=True,
+    ).stdout.rsplit(")", 1)[1].split()  # fmt: skip
+    return int(stat[11]) + int(stat[12])
+
+
 def recorder(runs: int, seconds: int = 30) -> list[str]:
     shares, rates = [], []
     for _ in range(runs):
@@ -140,17 +149,9 @@ def recorder(runs: int, seconds: int = 30) -> list[str]:
             ["docker", "exec", vnc, "pgrep", "-o", "ffmpeg"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
-
-        def cpu_ticks() -> int:
-            stat = subprocess.run(
-                ["docker", "exec", vnc, "cat", f"/proc/{pid}/stat"],
-                capture_output=True, text=True, check=True,
-            ).stdout.rsplit(")", 1)[1].split()  # fmt: skip
-            return int(stat[11]) + int(stat[12])  # utime + stime
-
-        c0, t0 = cpu_ticks(), time.monotonic()
+        c0, t0 = cpu_ticks(vnc, pid), time.monotonic()
         time.sleep(seconds)
-        c1, t1 = cpu_ticks(), time.monotonic()
+        c1, t1 = cpu_ticks(vnc, pid), time.monotonic()
         shares.append((c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0))
         path = Path(vncsess("record", "stop", s["session_id"]).stdout.strip())
         rates.append(path.stat().st_size / (seconds + 2) * 60)
