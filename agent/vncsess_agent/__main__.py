@@ -1,0 +1,3 @@
+from vncsess_agent.runner import main
+
+raise SystemExit(main())

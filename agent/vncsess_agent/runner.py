@@ -1,0 +1,474 @@
+"""The agent container's main program: one browser-use Agent on the session's display.
+
+Contract
+--------
+Environment
+  DISPLAY=:99, XAUTHORITY=/run/secrets/xauth   the vnc container's display and its cookie
+  RESOLUTION=WxH                                the Chromium window size (placed at 0,0)
+  SESSION_ID                                    shown on the idle page and in the logs
+  VNCSESS_LLM                                   "demo" or PROVIDER:MODEL (openai, anthropic,
+                                                google, ollama); see llm.py
+  VNCSESS_LLM_BASE_URL                          optional; with openai: any compatible server
+  VNCSESS_MAX_STEPS                             default 25
+  VNCSESS_DEMO_STEP_DELAY                       seconds per demo-model step, default 1.0
+  VNCSESS_DISPLAY_TIMEOUT                       seconds to wait for the display, default 30
+  VNCSESS_DATA_DIR, VNCSESS_SECRETS_DIR         default /data and /run/secrets (for tests)
+Files (each may be missing)
+  /run/secrets/task       the task, UTF-8, passed to the Agent byte for byte. Empty: an idle
+                          window until stopped. The single word `demo`: DEMO_TASK.
+  /run/secrets/llm_env    KEY=VALUE lines loaded into this process's environment; values are
+                          never logged and are redacted from logs and result.json
+  /data/result.json       written once, atomically, when the run succeeds, fails or is stopped
+  /data/status.json       {"state", "step", "url", "updated_at"}, rewritten as the run goes
+  /data/downloads/        the browser's downloads
+Signals
+  SIGUSR1 pause the agent before its next action (state "paused")
+  SIGUSR2 resume it (state "running")
+  SIGTERM / SIGINT  write a "cancelled" result if the task is still running, close Chromium,
+                    exit 0 within about 2 s
+After the task ends (either way) Chromium stays open on its last page and the runner waits for
+SIGTERM, with state "done" or "failed".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+from urllib.parse import quote
+
+from vncsess_agent import chromium, logs, webserver
+from vncsess_agent import settings as settings_mod
+from vncsess_agent.display import DisplayError, wait_for_display
+from vncsess_agent.outputs import Outputs, utc_now
+
+LOG = logging.getLogger("vncsess")
+
+# browser-use would reach the network for telemetry, version checks, cloud sync and extension
+# downloads unless told not to; the image sets these too.
+OFFLINE_ENV = {
+    "ANONYMIZED_TELEMETRY": "false",
+    "BROWSER_USE_VERSION_CHECK": "false",
+    "BROWSER_USE_DISABLE_EXTENSIONS": "1",
+    "BROWSER_USE_CLOUD_SYNC": "false",
+    "BROWSER_USE_CLOUD_HINTS": "false",
+    "BROWSER_USE_SETUP_LOGGING": "false",
+    "SKIP_LLM_API_KEY_VERIFICATION": "true",
+}
+
+MAX_FAILURES = 3  # consecutive failed steps before browser-use gives up (its default is 5)
+SHUTDOWN_DEADLINE_S = 2.5
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_actions(model_output: Any) -> str:
+    parts = []
+    for action in getattr(model_output, "action", None) or []:
+        data = action.model_dump(exclude_unset=True, exclude_none=True)
+        for name, params in data.items():
+            if isinstance(params, dict):
+                args = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
+            else:
+                args = _short(params)
+            parts.append(f"{name}({args})")
+    return "; ".join(parts) or "(no action)"
+
+
+def _is_page_url(url: str | None) -> bool:
+    return bool(url) and not url.startswith(("about:", "chrome://", "chrome-error://", "data:"))
+
+
+class Runner:
+    def __init__(
+        self, settings: settings_mod.Settings, redact: logs.Redactor, t0: float, started_at: str
+    ) -> None:
+        self.s = settings
+        self.redact = redact
+        self.t0 = t0
+        self.started_at = started_at
+        self.outputs = Outputs(settings.data_dir, LOG)
+        self.phase = "starting"  # starting, idle, running, finished
+        self.agent = None
+        self.first_navigation_s: float | None = None
+        self.nav_urls: list[str] = []
+        self.fatal_llm_error: str | None = None
+        self.stop_reason: str | None = None
+        self._shutting_down = False
+        self._stopped = asyncio.Event()
+
+    # -- entry -------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGUSR1, self._on_pause)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_resume)
+        self.outputs.status("starting")
+        try:
+            await self._main()
+        except Exception as exc:  # a bug here must still end in a readable failed result
+            LOG.exception("runner failed")
+            self._finish("failed", errors=[f"runner error: {type(exc).__name__}: {exc}"])
+        await self._stopped.wait()  # the shutdown path exits the process
+        return 0
+
+    async def _main(self) -> None:
+        try:
+            webserver.start(settings_mod.DEMO_PORT)
+        except OSError as exc:
+            LOG.warning(
+                "cannot serve the local pages on 127.0.0.1:%d: %s", settings_mod.DEMO_PORT, exc
+            )
+
+        try:
+            waited = await wait_for_display(
+                self.s.display_number, self.s.xauthority, self.s.display_timeout, LOG
+            )
+        except DisplayError as exc:
+            LOG.error("%s", exc)
+            self._finish("failed", errors=[str(exc)])
+            return
+        LOG.info(
+            "display %s ready (waited %.2f s, %.2f s since start)",
+            self.s.display,
+            waited,
+            self._elapsed(),
+        )
+
+        self._log_capper = asyncio.create_task(chromium.cap_log())
+        if not self.s.task.strip():
+            await self._idle()
+        else:
+            await self._run_agent()
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    # -- idle --------------------------------------------------------------------------------
+
+    async def _idle(self) -> None:
+        """No task: keep a Chromium window on the "waiting for a task" page until SIGTERM.
+
+        If the window is closed (say, by someone in noVNC) it is opened again; if Chromium dies
+        within seconds of its launch, it cannot start, and the session fails with its output.
+        """
+        self.phase = "idle"
+        url = settings_mod.WAITING_URL + (
+            f"?session={quote(self.s.session_id)}" if self.s.session_id else ""
+        )
+        LOG.info("no task: idle Chromium window on %s until stopped", settings_mod.WAITING_URL)
+        self.outputs.status("idle", url=settings_mod.WAITING_URL)
+        while True:
+            launched = time.monotonic()
+            try:
+                proc = chromium.launch_idle(url, self.s.width, self.s.height)
+            except OSError as exc:
+                self._finish("failed", errors=[f"cannot start Chromium: {exc}"])
+                return
+            while proc.poll() is None:
+                await asyncio.sleep(0.5)
+            lived = time.monotonic() - launched
+            if lived < 5.0:
+                LOG.error(
+                    "Chromium exited %.1f s after its launch (code %s)", lived, proc.returncode
+                )
+                diagnosis = await chromium.diagnose()
+                first = f"Chromium exited right after its launch (code {proc.returncode})"
+                self._finish("failed", errors=[first, diagnosis])
+                return
+            LOG.info(
+                "the idle Chromium window was closed (code %s); opening it again", proc.returncode
+            )
+
+    # -- the agent ---------------------------------------------------------------------------
+
+    async def _run_agent(self) -> None:
+        from vncsess_agent.llm import LLMConfigError, make_llm, watch_errors
+
+        try:
+            llm = make_llm(self.s.llm, self.s.llm_base_url, self.s.demo_step_delay)
+        except LLMConfigError as exc:
+            LOG.error("%s", exc)
+            self._finish("failed", errors=[str(exc)])
+            return
+        watch_errors(llm, self.s.llm_base_url, self._on_fatal_llm_error)
+
+        if not self.s.llm.lower().startswith("anthropic:"):
+            from vncsess_agent.fastimport import skip_anthropic_import
+
+            skip_anthropic_import()
+        from browser_use import Agent, BrowserSession
+        from browser_use.browser.events import NavigationCompleteEvent
+
+        session = BrowserSession(
+            browser_profile=chromium.browser_profile(
+                self.s.width, self.s.height, str(self.s.downloads_dir)
+            )
+        )
+        session.event_bus.on(NavigationCompleteEvent, self._on_navigation)
+        self.agent = agent = Agent(
+            task=self.s.task,
+            llm=llm,
+            browser_session=session,
+            use_judge=False,
+            enable_signal_handler=False,  # the runner owns the signals
+            max_failures=MAX_FAILURES,
+            use_vision=self.s.llm != "demo",  # the demo model reads the DOM, not screenshots
+            calculate_cost=False,
+            generate_gif=False,
+            register_new_step_callback=self._on_step,
+        )
+        if agent.task != self.s.task:
+            LOG.warning(
+                "browser-use changed the task text (%d -> %d chars)",
+                len(self.s.task),
+                len(agent.task),
+            )
+        self.phase = "running"
+        if not agent.state.paused:
+            self.outputs.status("running")
+        LOG.info(
+            "agent starting (llm=%s, max_steps=%d, %.2f s since start)",
+            self.s.llm,
+            self.s.max_steps,
+            self._elapsed(),
+        )
+
+        try:
+            history = await agent.run(max_steps=self.s.max_steps)
+        except Exception as exc:
+            errors = [f"{type(exc).__name__}: {exc}"]
+            if self.first_navigation_s is None and not self._agent_steps():
+                LOG.error("the agent failed before the browser was usable; checking Chromium")
+                errors.append(await chromium.diagnose())
+            LOG.error("agent failed: %s", errors[0])
+            self._finish("failed", errors=errors)
+            return
+
+        errors = [e for e in history.errors() if e]
+        if history.is_done():
+            success = bool(history.is_successful())
+            status = "succeeded" if success else "failed"
+            if not success:
+                errors.insert(0, "the agent finished but reported that the task did not succeed")
+        else:
+            success, status = False, "failed"
+            errors.insert(0, self._why_unfinished())
+        self._finish(status, success=success, final_text=history.final_result(), errors=errors)
+
+    def _why_unfinished(self) -> str:
+        agent = self.agent
+        if self.fatal_llm_error:
+            return self.fatal_llm_error
+        if agent is not None and agent.state.consecutive_failures >= MAX_FAILURES:
+            last = next((e for e in reversed(agent.history.errors()) if e), "")
+            # First two lines: pydantic puts the useful part ("Invalid JSON: ...") second.
+            lines = [line.strip() for line in last.strip().splitlines() if line.strip()]
+            last = ": ".join(lines[:2])[:300] if lines else "unknown error"
+            failures = agent.state.consecutive_failures
+            return f"stopped after {failures} consecutive failed steps; last error: {last}"
+        if agent is not None and agent.state.n_steps > self.s.max_steps:
+            return f"reached VNCSESS_MAX_STEPS={self.s.max_steps} without finishing"
+        if agent is not None and agent.state.stopped:
+            return "the agent was stopped (the browser may have closed)"
+        return "the agent ended without finishing the task"
+
+    def _agent_steps(self) -> int:
+        if self.agent is None:
+            return 0
+        # Model steps only: the URL that browser-use opens from the task is recorded as step 0.
+        return sum(
+            1
+            for h in self.agent.history.history
+            if h.model_output is not None and h.metadata is not None and h.metadata.step_number >= 1
+        )
+
+    # -- callbacks from browser-use ----------------------------------------------------------
+
+    def _on_step(self, state: Any, model_output: Any, step: int) -> None:
+        url = getattr(state, "url", None)
+        LOG.info("step %d: %s | %s", step, describe_actions(model_output), url or "-")
+        self.outputs.status(step=step, url=url)
+
+    async def _on_navigation(self, event: Any) -> None:
+        url = getattr(event, "url", None)
+        if not _is_page_url(url) or getattr(event, "error_message", None):
+            return
+        if self.first_navigation_s is None:
+            self.first_navigation_s = round(self._elapsed(), 3)
+            LOG.info("first navigation %.2f s after start: %s", self.first_navigation_s, url)
+        if url not in self.nav_urls:
+            self.nav_urls.append(url)
+        self.outputs.status(url=url)
+
+    def _on_fatal_llm_error(self, message: str) -> None:
+        message = self.redact(message)
+        if self.fatal_llm_error is None:
+            self.fatal_llm_error = message
+            LOG.error("%s; stopping the agent", message)
+        if self.agent is not None:
+            self.agent.stop()
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def _on_pause(self) -> None:
+        agent = self.agent
+        if self.phase != "running" or agent is None or agent.state.paused:
+            LOG.info("SIGUSR1 ignored: no running agent to pause")
+            return
+        with contextlib.redirect_stdout(io.StringIO()):  # agent.pause() prints a console hint
+            agent.pause()
+        self.outputs.status("paused")
+        LOG.info("paused (SIGUSR1): the agent stops before its next step or action")
+
+    def _on_resume(self) -> None:
+        agent = self.agent
+        if self.phase != "running" or agent is None or not agent.state.paused:
+            LOG.info("SIGUSR2 ignored: the agent is not paused")
+            return
+        with contextlib.redirect_stdout(io.StringIO()):
+            agent.resume()
+        self.outputs.status("running")
+        LOG.info("resumed (SIGUSR2)")
+
+    def _on_stop(self, name: str) -> None:
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        self.stop_reason = name
+        # Hard deadline: whatever happens below, the process is gone in SHUTDOWN_DEADLINE_S.
+        timer = threading.Timer(SHUTDOWN_DEADLINE_S, os._exit, args=(0,))
+        timer.daemon = True
+        timer.start()
+        LOG.info("%s: stopping", name)
+        if self.outputs.result is None:
+            if self.phase == "running":
+                errors = [f"stopped by {name} before the task finished"]
+                if self.fatal_llm_error:
+                    errors.append(self.fatal_llm_error)
+            else:
+                errors = []
+            self._finish("cancelled", errors=errors, state="done")
+        chromium.terminate_tree(grace=1.2)
+        LOG.info("stopped")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        os._exit(0)
+
+    # -- results -----------------------------------------------------------------------------
+
+    def _urls(self) -> list[str]:
+        urls = list(self.nav_urls)
+        if self.agent is not None:
+            for url in self.agent.history.urls():
+                if _is_page_url(url) and url not in urls:
+                    urls.append(url)
+        return urls
+
+    def _finish(
+        self,
+        status: str,
+        success: bool = False,
+        final_text: str | None = None,
+        errors: list[str] | None = None,
+        state: str | None = None,
+    ) -> None:
+        self.phase = "finished"
+        clean_errors: list[str] = []
+        for raw in errors or []:
+            error = self.redact(str(raw)).strip()
+            if len(error) > 2000:
+                error = error[:2000] + "..."
+            # Skip repeats, and errors already quoted inside an earlier, more descriptive one.
+            if error and not any(error in earlier for earlier in clean_errors):
+                clean_errors.append(error)
+        result = {
+            "status": status,
+            "success": bool(success) and status == "succeeded",
+            "final_text": self.redact(final_text) if final_text is not None else None,
+            "steps": self._agent_steps(),
+            "urls": self._urls(),
+            "errors": clean_errors,
+            "llm": self.s.llm,
+            "started_at": self.started_at,
+            "finished_at": utc_now(),
+            "duration_s": round(self._elapsed(), 3),
+            "first_navigation_s": self.first_navigation_s,
+        }
+        if self.outputs.write_result(result):
+            LOG.info(
+                "result: %s (steps=%d, %.1f s)%s",
+                status,
+                result["steps"],
+                result["duration_s"],
+                f": {_short(result['final_text'], 200)}" if result["final_text"] else "",
+            )
+            for error in clean_errors[:3]:
+                LOG.info("  error: %s", _short(error, 300))
+        if state is None:
+            state = "done" if status == "succeeded" else "failed"
+        self.outputs.status(state)
+
+
+def _prepare_dirs(s: settings_mod.Settings) -> None:
+    for var, mode in (("HOME", 0o700), ("TMPDIR", 0o700), ("XDG_RUNTIME_DIR", 0o700)):
+        path = os.environ.get(var)
+        if path and path != "/tmp":
+            try:
+                os.makedirs(path, mode=mode, exist_ok=True)
+            except OSError as exc:
+                LOG.warning("cannot create %s=%s: %s", var, path, exc)
+    for path in (s.data_dir, s.downloads_dir):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            LOG.error("cannot create %s: %s (results will not be saved)", path, exc)
+
+
+def main() -> int:
+    t0 = time.monotonic()
+    started_at = utc_now()
+    for name, value in OFFLINE_ENV.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("VNCSESS_CHROMIUM_LOG", str(chromium.CHROMIUM_LOG))
+
+    s = settings_mod.load()
+    redact = logs.Redactor(s.secret_values)
+    level = logging.DEBUG if os.environ.get("VNCSESS_DEBUG") == "1" else logging.INFO
+    logs.setup(redact, level)
+    _prepare_dirs(s)
+    LOG.info(
+        "vncsess agent runner: session=%s llm=%s resolution=%dx%d max_steps=%d",
+        s.session_id or "-",
+        s.llm,
+        s.width,
+        s.height,
+        s.max_steps,
+    )
+    if s.task.strip():
+        LOG.info("task (%s): %s", s.task_source, s.task_digest)
+    else:
+        LOG.info(
+            "task: none (%s)", "task file empty" if s.task_source == "file" else "no task file"
+        )
+    if s.llm_env_names:
+        LOG.info("llm env: loaded %s", ", ".join(s.llm_env_names))
+    for warning in s.warnings:
+        LOG.warning("%s", warning)
+
+    runner = Runner(s, redact, t0, started_at)
+    return asyncio.run(runner.run())
