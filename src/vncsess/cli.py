@@ -179,7 +179,9 @@ def up(
 
 def _read_task(path: Path) -> str:
     try:
-        return sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        # Bytes, then decode: text mode would turn \r\n into \n, and the task must arrive intact.
+        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+        return raw.decode("utf-8")
     except OSError as exc:
         raise VncsessError(
             f"cannot read task file {path}: {exc.strerror}", exit_code=ExitCode.BAD_INPUT
@@ -268,8 +270,6 @@ def inspect(session_id: IdArg, json_: JsonOpt = False) -> None:
     s = sessions.get(settings, session_id)
     recordings.heal(settings, s)
     d = s.to_dict(show_secrets=True)
-    if s.control_url:
-        d["control_url"] = s.control_url
     if json_:
         ui.print_json(d)
         return

@@ -105,7 +105,7 @@ class DataDir:
             "vnc_passwd", f"{control_secret}\n__BEGIN_VIEWONLY__\n{view_secret}\n".encode()
         )
         self._secret("llm.env", llm_env.encode())
-        (self.path / "task.txt").write_text(task, encoding="utf-8")
+        (self.path / "task.txt").write_bytes(task.encode("utf-8"))
         self._own(self.path / "task.txt", 0o400)
         for d in (self.agent, self.downloads, self.recordings, self.screenshots):
             self._own(d, 0o750)

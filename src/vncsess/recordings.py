@@ -6,6 +6,7 @@ that touches it if it ended badly."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import struct
 from datetime import UTC, datetime
@@ -19,6 +20,11 @@ from vncsess.models import Recording, Session
 
 MIN_FREE_BYTES = 200 * 1024 * 1024
 _INSIDE = "/data/recordings"
+_PARTIAL = ".partial.mp4"
+_FINALIZING = ".finalizing.mp4"  # vnc-record's temporary file while it remuxes
+# vnc container states in which no ffmpeg can be writing: finalise in a throwaway container.
+# (paused, restarting, removing: an ffmpeg may still own the file, so leave it alone.)
+_VNC_GONE = ("exited", "dead", "created", None)
 
 
 def _vnc(session: Session) -> str:
@@ -40,20 +46,40 @@ def running_file(session: Session) -> str:
     """The name of the recording ffmpeg is writing now, or ''."""
     if session.services.get("vnc") != "running":
         return ""
-    rc, out = docker.exec_in(_vnc(session), ["vnc-record", "status"])
-    return Path(out.strip()).name if rc == 0 and out.strip() else ""
+    try:
+        rc, out = docker.exec_in(_vnc(session), ["vnc-record", "status"])
+    except NotFound:  # the container died since the session was read
+        return ""
+    lines = out.strip().splitlines()
+    return Path(lines[-1]).name if rc == 0 and lines else ""
+
+
+def _new_name(session: Session, recordings: Path) -> str:
+    """`ID-YYYYmmdd-HHMMSS.partial.mp4`, with `-2`, `-3`... when a recording started in the
+    same second already has that name (vnc-record refuses to overwrite)."""
+    base = f"{session.id}-{_stamp()}"
+    stem, n = base, 1
+    while any((recordings / f"{stem}{ext}").exists() for ext in (_PARTIAL, ".mp4", _FINALIZING)):
+        n += 1
+        stem = f"{base}-{n}"
+    return stem + _PARTIAL
 
 
 def start(settings: Settings, session: Session, fps: int | None = None) -> Path:
-    _require_vnc(session)
     data = DataDir(session.data_dir)
     heal(settings, session)
+    _require_vnc(session)
+    if not data.recordings.is_dir():
+        raise NotFound(
+            f"the recordings folder of session {session.id} is gone: {data.recordings}",
+            hint=f"`vncsess stop {session.id}` and start a new session",
+        )
     if shutil.disk_usage(data.recordings).free < MIN_FREE_BYTES:
         raise Conflict(
             f"not enough free disk space for a recording in {data.recordings}",
             hint="free some space (old recordings live in the data dirs)",
         )
-    name = f"{session.id}-{_stamp()}.partial.mp4"
+    name = _new_name(session, data.recordings)
     cmd = ["vnc-record", "start", f"{_INSIDE}/{name}"] + ([str(fps)] if fps else [])
     rc, out = docker.exec_in(_vnc(session), cmd)
     if rc == 3:
@@ -67,6 +93,8 @@ def start(settings: Settings, session: Session, fps: int | None = None) -> Path:
 
 
 def stop(settings: Settings, session: Session) -> Path:
+    data = DataDir(session.data_dir)
+    live = _heal(settings, session)  # a recording killed earlier is made seekable too
     _require_vnc(session)
     rc, out = docker.exec_in(_vnc(session), ["vnc-record", "stop"])
     if rc == 4:
@@ -76,7 +104,16 @@ def stop(settings: Settings, session: Session) -> Path:
         )
     if rc != 0:
         raise _recorder_error(out)
-    return DataDir(session.data_dir).recordings / Path(out.strip().splitlines()[-1]).name
+    # stdout and stderr come back together; stderr (ffmpeg's complaints about a truncated
+    # last fragment, a forced kill) may follow the path, so look for the path itself.
+    finals = [
+        ln.strip()
+        for ln in out.splitlines()
+        if ln.strip().startswith(_INSIDE + "/") and ln.strip().endswith(".mp4")
+    ]
+    if finals:
+        return data.recordings / Path(finals[-1]).name
+    return data.recordings / (live.removesuffix(_PARTIAL) + ".mp4")
 
 
 def _recorder_error(out: str) -> VncsessError:
@@ -89,38 +126,73 @@ def _recorder_error(out: str) -> VncsessError:
 
 
 def stop_running(settings: Settings, session: Session) -> None:
-    """Before a session goes: end its recording cleanly (a no-op when none runs)."""
+    """Before a session goes: end its recording cleanly (a no-op when none runs).
+    Never raises: the session must go even if its display died meanwhile."""
     if session.services.get("vnc") == "running":
-        docker.exec_in(_vnc(session), ["vnc-record", "stop"])
+        with contextlib.suppress(VncsessError):
+            docker.exec_in(_vnc(session), ["vnc-record", "stop"])
 
 
 def heal(settings: Settings, session: Session) -> list[Path]:
-    """Make interrupted recordings of a running session seekable (in its own container)."""
+    """Make interrupted recordings of a session seekable: in its own vnc container while
+    that runs, else (the container was killed) in a throwaway one. Returns the partials
+    it made seekable."""
     data = DataDir(session.data_dir)
-    live = running_file(session)
-    fixed = []
-    for partial in sorted(data.recordings.glob("*.partial.mp4")):
-        if partial.name != live:
-            docker.exec_in(_vnc(session), ["vnc-record", "finalize", f"{_INSIDE}/{partial.name}"])
-            fixed.append(partial)
-    return fixed
+    before = _partials(data)
+    _heal(settings, session)
+    return [p for p in before if not p.exists()]
+
+
+def _partials(data: DataDir) -> list[Path]:
+    return sorted(data.recordings.glob("*" + _PARTIAL)) if data.recordings.is_dir() else []
+
+
+def _heal(settings: Settings, session: Session) -> str:
+    """heal(); returns the name of the partial ffmpeg is still writing ('' if none)."""
+    data = DataDir(session.data_dir)
+    state = session.services.get("vnc")
+    if state == "running":
+        live = running_file(session)
+        for partial in _partials(data):
+            if partial.name == live:
+                continue
+            try:  # a failed remux keeps the partial (listed as such) and must not fail us
+                docker.exec_in(
+                    _vnc(session), ["vnc-record", "finalize", f"{_INSIDE}/{partial.name}"]
+                )
+            except VncsessError:
+                break  # the container died meanwhile: the next command finalises
+        return live
+    if state in _VNC_GONE:
+        finalize_partials(settings, data)
+    return ""
 
 
 def finalize_partials(settings: Settings, data: DataDir) -> list[Path]:
-    """Interrupted recordings of a session that is gone: remux them in a throwaway
-    container of the vnc image (no display, no network), as the containers' user."""
-    partials = sorted(data.recordings.glob("*.partial.mp4")) if data.recordings.is_dir() else []
+    """Interrupted recordings of a session that is gone (or whose display was killed):
+    remux them in a throwaway container of the vnc image (no display, no network), as the
+    containers' user. A partial that cannot be remuxed stays (listed as `partial`) rather
+    than failing the command; an empty one (ffmpeg never wrote its header) is removed."""
+    partials = _partials(data)
     if not partials:
         return []
     uid, gid = container_ids()
+    fixed = []
     for partial in partials:
-        docker.run_oneoff(
-            settings.vnc_image,
-            ["vnc-record", "finalize", f"{_INSIDE}/{partial.name}"],
-            {data.recordings: _INSIDE},
-            f"{uid}:{gid}",
-        )
-    return partials
+        try:
+            if partial.stat().st_size == 0:
+                partial.unlink()
+                continue
+            docker.run_oneoff(
+                settings.vnc_image,
+                ["vnc-record", "finalize", f"{_INSIDE}/{partial.name}"],
+                {data.recordings: _INSIDE},
+                f"{uid}:{gid}",
+            )
+        except (VncsessError, OSError):
+            continue
+        fixed.append(partial)
+    return fixed
 
 
 def list_recordings(settings: Settings, ref: str | None = None) -> list[Recording]:
@@ -138,19 +210,26 @@ def list_recordings(settings: Settings, ref: str | None = None) -> list[Recordin
         sid = data.path.name
         live = ""
         if sid in running:
-            heal(settings, running[sid])
-            live = running_file(running[sid])
+            live = _heal(settings, running[sid])
         else:
             finalize_partials(settings, data)
         if not data.recordings.is_dir():
             continue
-        for f in sorted(data.recordings.glob("*.mp4")):
-            partial = f.name.endswith(".partial.mp4")
+        files = [f for f in data.recordings.glob("*.mp4") if not f.name.endswith(_FINALIZING)]
+        for f in sorted(files, key=_order):
+            partial = f.name.endswith(_PARTIAL)
+            try:
+                size = f.stat().st_size
+            except OSError:  # finalised (renamed) by another command meanwhile
+                continue
             state = "recording" if f.name == live else ("partial" if partial else "complete")
-            out.append(
-                Recording(sid, f, f.stat().st_size, None if partial else mp4_duration(f), state)
-            )
+            out.append(Recording(sid, f, size, None if partial else mp4_duration(f), state))
     return out
+
+
+def _order(f: Path) -> str:
+    """Start order: `X-123456.mp4`, then `X-123456-2.partial.mp4` (same second)."""
+    return f.name.removesuffix(_PARTIAL).removesuffix(".mp4")
 
 
 def mp4_duration(path: Path) -> float | None:

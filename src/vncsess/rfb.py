@@ -208,7 +208,7 @@ class RfbClient:
         self.ws.send(struct.pack("!BBxxI", 4, 1 if down else 0, keysym))
 
 
-def wait_ready(host: str, port: int, deadline: float, poll: float = 0.05) -> float:
+def wait_ready(host: str, port: int, deadline: float, poll: float = 0.1) -> float:
     """Poll until an RFB banner arrives through websockify; returns seconds waited.
 
     Reaching x11vnc through websockify means Xvfb, x11vnc and websockify all run.
