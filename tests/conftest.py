@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,3 +144,42 @@ def project_leftovers(session_id: str) -> list[str]:
 def docker_json(*args: str) -> Any:
     r = subprocess.run(["docker", *args], capture_output=True, text=True, check=True)
     return json.loads(r.stdout)
+
+
+# A session whose agent talks to the scripted OpenAI-compatible server (see scripted_llm).
+LLM_FLAGS = ("--llm", "openai:scripted-model", "--base-url", "http://llm:8000/v1")
+
+
+@pytest.fixture
+def scripted_llm(cli: Cli) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Start the scripted OpenAI-compatible server in a container of the agent image,
+    attached to a session's agent network as `llm`. Returns a function that reads /calls."""
+    started: list[str] = []
+
+    def start(session_id: str, mode: str = "normal") -> Callable[[], dict[str, Any]]:
+        name = f"vncsess-test-llm-{session_id}"
+        subprocess.run(
+            ["docker", "run", "-d", "--name", name, "--network", f"vncsess-{session_id}_agent",
+             "--network-alias", "llm", "--read-only", "--cap-drop", "ALL",
+             "-v", f"{ROOT / 'tests' / 'fixtures'}:/fixtures:ro",
+             "--entrypoint", "/opt/venv/bin/python", "vncsess-agent",
+             "/fixtures/scripted_openai_server.py", "8000", mode],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        started.append(name)
+
+        def calls() -> dict[str, Any]:
+            out = subprocess.run(
+                ["docker", "exec", name, "/opt/venv/bin/python", "-c",
+                 "import urllib.request;print(urllib.request.urlopen("
+                 "'http://127.0.0.1:8000/calls').read().decode())"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            data: dict[str, Any] = json.loads(out)
+            return data
+
+        return calls
+
+    yield start  # type: ignore[misc]
+    for name in started:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Cli
+from tests.conftest import LLM_FLAGS, Cli
 
 pytestmark = pytest.mark.docker
 
@@ -55,44 +54,6 @@ def test_without_a_task_the_browser_idles(cli: Cli) -> None:
     timeout = cli.run("wait", s["session_id"], "--timeout", "2")
     assert timeout.returncode == 5
     assert "no result" in timeout.stderr
-
-
-@pytest.fixture
-def scripted_llm(cli: Cli) -> Iterator[Callable[..., dict[str, Any]]]:
-    """Start the scripted OpenAI-compatible server in a container of the agent image,
-    attached to a session's agent network as `llm`. Returns a function that reads /calls."""
-    started: list[str] = []
-
-    def start(session_id: str, mode: str = "normal") -> Callable[[], dict[str, Any]]:
-        name = f"vncsess-test-llm-{session_id}"
-        subprocess.run(
-            ["docker", "run", "-d", "--name", name, "--network", f"vncsess-{session_id}_agent",
-             "--network-alias", "llm", "--read-only", "--cap-drop", "ALL",
-             "-v", f"{ROOT / 'tests' / 'fixtures'}:/fixtures:ro",
-             "--entrypoint", "/opt/venv/bin/python", "vncsess-agent",
-             "/fixtures/scripted_openai_server.py", "8000", mode],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        started.append(name)
-
-        def calls() -> dict[str, Any]:
-            out = subprocess.run(
-                ["docker", "exec", name, "/opt/venv/bin/python", "-c",
-                 "import urllib.request;print(urllib.request.urlopen("
-                 "'http://127.0.0.1:8000/calls').read().decode())"],
-                capture_output=True, text=True, check=True,
-            ).stdout  # fmt: skip
-            data: dict[str, Any] = json.loads(out)
-            return data
-
-        return calls
-
-    yield start  # type: ignore[misc]
-    for name in started:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-
-
-LLM_FLAGS = ("--llm", "openai:scripted-model", "--base-url", "http://llm:8000/v1")
 
 
 def _task_session(cli: Cli, task: str, *extra: str) -> dict[str, Any]:

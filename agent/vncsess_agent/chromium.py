@@ -23,6 +23,22 @@ CHROMIUM = os.environ.get("VNCSESS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_LOG = Path(os.environ.get("VNCSESS_CHROMIUM_LOG", "/tmp/chromium.log"))
 USER_DATA_DIR = "/tmp/chromium-profile"
 
+
+
+def confinement_args() -> list[str]:
+    """--no-internet. The session's network is internal, so nothing is routed beyond this
+    machine; but a container on an internal network can still reach the host's own
+    addresses (Docker filters forwarding, not the host's INPUT). So the browser also gets a
+    proxy that does not exist, bypassed only for loopback and single-label names (`<local>`:
+    the session's own containers, such as `llm`). Every other address fails to load."""
+    if os.environ.get("VNCSESS_NO_INTERNET", "").lower() not in ("1", "true", "yes"):
+        return []
+    return [
+        "--proxy-server=http://127.0.0.1:9",
+        "--proxy-bypass-list=<local>;127.0.0.1;localhost;[::1]",
+    ]
+
+
 # Added to browser-use's own defaults (which already disable background networking,
 # component updates, sync, breakpad, ... and add --no-sandbox/--no-xshm in containers).
 EXTRA_ARGS = [
@@ -32,6 +48,7 @@ EXTRA_ARGS = [
     "--no-first-run",
     "--no-default-browser-check",
     "--disable-features=Translate,MediaRouter,OptimizationHints",
+    *confinement_args(),
 ]
 
 # For the idle window, which runner.py launches without browser-use.
