@@ -52,15 +52,17 @@ class WebSocket:
             raise RfbError(f"no websocket upgrade: {status.decode(errors='replace')}")
         self._payload = b""
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, opcode: int = 0x2) -> None:
+        """One frame: binary by default, text (0x1) for JSON protocols such as CDP."""
         mask = os.urandom(4)
         n = len(data)
+        first = 0x80 | opcode
         if n < 126:
-            header = struct.pack("!BB", 0x82, 0x80 | n)
+            header = struct.pack("!BB", first, 0x80 | n)
         elif n < 1 << 16:
-            header = struct.pack("!BBH", 0x82, 0x80 | 126, n)
+            header = struct.pack("!BBH", first, 0x80 | 126, n)
         else:
-            header = struct.pack("!BBQ", 0x82, 0x80 | 127, n)
+            header = struct.pack("!BBQ", first, 0x80 | 127, n)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
         self.sock.sendall(header + mask + masked)
 
@@ -90,6 +92,13 @@ class WebSocket:
             self.sock.sendall(struct.pack("!BB", 0x8A, 0x80) + b"\0\0\0\0")
             return b""
         return data
+
+    def message(self) -> bytes:
+        """The next whole (unfragmented) message's payload."""
+        while True:
+            data = self._frame()
+            if data:
+                return data
 
     def recv(self, n: int) -> bytes:
         while len(self._payload) < n:
