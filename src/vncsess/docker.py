@@ -84,11 +84,6 @@ def require_compose() -> None:
         )
 
 
-def engine_version() -> str:
-    """Also the cheapest way to check the daemon answers."""
-    return _run(["version", "--format", "{{.Server.Version}}"], "asking Docker").strip()
-
-
 # ---------------------------------------------------------------- images
 
 
