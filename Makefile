@@ -55,8 +55,8 @@ test: images
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check src tests bench agent
-	$(BIN)/ruff format --check src tests bench agent
+	$(BIN)/ruff check src tests bench agent docs
+	$(BIN)/ruff format --check src tests bench agent docs
 	$(BIN)/mypy
 
 bench: images

@@ -24,7 +24,6 @@ CHROMIUM_LOG = Path(os.environ.get("VNCSESS_CHROMIUM_LOG", "/tmp/chromium.log"))
 USER_DATA_DIR = "/tmp/chromium-profile"
 
 
-
 def confinement_args() -> list[str]:
     """--no-internet. The session's network is internal, so nothing is routed beyond this
     machine; but a container on an internal network can still reach the host's own

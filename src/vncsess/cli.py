@@ -243,13 +243,14 @@ def ls(
         ui.info("no sessions; start one with `vncsess up`")
     else:
         ui.table(
-            ["ID", "NAME", "STATUS", "AGENT", "CONTROL", "AGE", "SIZE", "URL"],
+            ["ID", "NAME", "STATUS", "AGENT", "MODEL", "CONTROL", "AGE", "SIZE", "URL"],
             [
                 [
                     s.id,
                     s.name or "-",
                     s.status,
                     s.agent_state,
+                    s.llm,
                     s.control,
                     ui.human_age(s.age_seconds),
                     s.resolution,
