@@ -248,9 +248,7 @@ def _wait_ready(settings: Settings, session_id: str, deadline: float) -> Session
             rfb.wait_ready(
                 _connect_host(settings), session.novnc_port, min(deadline, time.monotonic() + 2)
             )
-            # RFB answered through websockify: stronger than the 1 s healthcheck, which
-            # may not have run yet.
-            return get(settings, session_id).replace(status="running")
+            return get(settings, session_id)
         except TimeoutError as exc:
             session = get(settings, session_id)
             dead = [
@@ -341,7 +339,9 @@ def _recording_now(data: DataDir) -> str:
 def _status(services: dict[str, str], health: str) -> str:
     states = set(services.values())
     if states == {"running"}:
-        return {"healthy": "running", "unhealthy": "unhealthy"}.get(health, "starting")
+        # Docker's first health probe comes a full interval after start, later than `up`
+        # sees the display answer; "not probed yet" is not a reason to say "starting".
+        return "unhealthy" if health == "unhealthy" else "running"
     if "running" in states:
         return "degraded"
     if states <= {"created"}:
