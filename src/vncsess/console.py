@@ -14,7 +14,9 @@ from rich.table import Table
 
 __all__ = ["err", "escape", "out"]
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped or captured output (scripts, CI logs) is not wrapped at 80 columns: a URL cut in
+# three lines cannot be copied.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
