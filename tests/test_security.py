@@ -93,6 +93,12 @@ def test_view_only_is_enforced_by_the_server_and_control_gives_input(cli: Cli) -
     listed = {x["session_id"]: x for x in cli.json("ls")}
     assert listed[sid]["control"] == "controlled"
     assert cli.json("resume", sid)["control"] == "watching"
+    # Resume rotates the interactive password: the old control URL no longer gets in,
+    # while the watch URL still does.
+    with RfbClient("127.0.0.1", port) as c, pytest.raises(AuthFailed):
+        c.login(_secret(ctl["control_url"]))
+    with RfbClient("127.0.0.1", port) as c:
+        assert c.login(_secret(s["novnc_url"])).width == 1280
 
 
 def test_containers_are_hardened(cli: Cli) -> None:

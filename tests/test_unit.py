@@ -99,6 +99,11 @@ def test_data_dir_secrets_are_private(tmp_path: Path) -> None:
         assert f.stat().st_mode & 0o077 == 0, f
     assert d.vnc_secrets() == ("v" * 8, "c" * 8)
     assert (d.path / "task.txt").read_text(encoding="utf-8") == "task ü 'x'"
+    inode = (d.secrets / "vnc_passwd").stat().st_ino
+    new = d.rotate_control_secret()
+    assert d.vnc_secrets() == ("v" * 8, new) and new != "c" * 8
+    assert (d.secrets / "vnc_passwd").stat().st_ino == inode, "rewritten in place"
+    assert (d.secrets / "vnc_passwd").stat().st_mode & 0o777 == 0o400
     d.forget_secrets()
     assert not d.secrets.exists() and d.vnc_secrets() == ("", "")
 

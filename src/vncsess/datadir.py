@@ -47,6 +47,11 @@ def xauthority(cookie: bytes, display: str = "99") -> bytes:
     )
 
 
+def _passwdfile(control: str, view: str) -> bytes:
+    """x11vnc's passwdfile: the full-access password, then the view-only one."""
+    return f"{control}\n__BEGIN_VIEWONLY__\n{view}\n".encode()
+
+
 @dataclass(frozen=True)
 class DataDir:
     path: Path
@@ -101,9 +106,7 @@ class DataDir:
             d.mkdir(mode=0o750)
         self._secret("xauth", xauthority(secrets.token_bytes(16)))
         # x11vnc passwdfile: full-access password, then the view-only one.
-        self._secret(
-            "vnc_passwd", f"{control_secret}\n__BEGIN_VIEWONLY__\n{view_secret}\n".encode()
-        )
+        self._secret("vnc_passwd", _passwdfile(control_secret, view_secret))
         self._secret("llm.env", llm_env.encode())
         (self.path / "task.txt").write_bytes(task.encode("utf-8"))
         self._own(self.path / "task.txt", 0o400)
@@ -123,6 +126,20 @@ class DataDir:
         if os.getuid() == 0:
             os.chown(path, uid, gid)
         path.chmod(mode)
+
+    def rotate_control_secret(self) -> str:
+        """A new full-access password, written in place: the file is bind-mounted into the
+        vnc container (a rename would leave the container reading the old inode), and x11vnc
+        re-reads it for each new client. Connections made with the old one stay as they are."""
+        view, _ = self.vnc_secrets()
+        new = new_password()
+        path = self.secrets / "vnc_passwd"
+        path.chmod(0o600)
+        with open(path, "r+b") as fh:
+            fh.write(_passwdfile(new, view))
+            fh.truncate()
+        path.chmod(0o400)
+        return new
 
     def forget_secrets(self) -> None:
         """After stop: keys and passwords have no use any more; the artifacts stay."""

@@ -496,6 +496,9 @@ def set_control(settings: Settings, ref: str, take: bool) -> Session:
         raise Conflict(f"session {session.id} is not under control", hint="nothing to resume")
     if session.services.get("agent") == "running":
         docker.signal(f"{session.project}-agent-1", "SIGUSR1" if take else "SIGUSR2")
+    # A fresh interactive password each time control is taken, and another at resume, so
+    # a control URL handed out earlier no longer opens a new connection.
+    data.rotate_control_secret()
     data.write_json(
         data.control_file,
         {"state": "controlled" if take else "watching", "since": datetime.now(UTC).isoformat()},
