@@ -214,3 +214,32 @@ def test_task_file_must_be_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     result = runner.invoke(app, ["up", "--task-file", str(bad)])
     assert result.exit_code == ExitCode.BAD_INPUT
     assert "not UTF-8" in result.output
+
+
+@pytest.mark.parametrize(
+    ("stderr", "kind", "words"),
+    [
+        (
+            "Cannot connect to the Docker daemon at unix:///x.sock.",
+            "DockerUnavailable",
+            "not running",
+        ),
+        (
+            "permission denied while trying to connect to docker.sock",
+            "DockerUnavailable",
+            "permission",
+        ),
+        ("Bind for 127.0.0.1:6080 failed: port is already allocated", "Conflict", "in use"),
+        ("Error: something odd\n", "VncsessError", "something odd"),
+    ],
+)
+def test_docker_failures_become_one_line_errors(stderr: str, kind: str, words: str) -> None:
+    from python_on_whales.exceptions import DockerException
+
+    from vncsess import docker
+
+    exc = DockerException(["docker", "x"], 1, b"", stderr.encode())
+    err = docker._explain(exc, "doing x")
+    assert type(err).__name__ == kind
+    assert words in err.message
+    assert "\n" not in err.message
