@@ -47,22 +47,27 @@ def running_file(session: Session) -> str:
     if session.services.get("vnc") != "running":
         return ""
     try:
-        rc, out = docker.exec_in(_vnc(session), ["vnc-record", "status"])
-    except NotFound:  # the container died since the session was read
+        return _status(session)
+    except NotFound:  # the container stopped since the session was read
         return ""
+
+
+def _status(session: Session) -> str:
+    """running_file() of a running vnc container; NotFound if it is not running (any more)."""
+    rc, out = docker.exec_in(_vnc(session), ["vnc-record", "status"])
     lines = out.strip().splitlines()
     return Path(lines[-1]).name if rc == 0 and lines else ""
 
 
-def _new_name(session: Session, recordings: Path) -> str:
-    """`ID-YYYYmmdd-HHMMSS.partial.mp4`, with `-2`, `-3`... when a recording started in the
-    same second already has that name (vnc-record refuses to overwrite)."""
+def _new_stem(session: Session, folder: Path, exts: tuple[str, ...]) -> str:
+    """`ID-YYYYmmdd-HHMMSS`, with `-2`, `-3`... when a file of that second already exists
+    with one of EXTS (a second recording or screenshot in the same second)."""
     base = f"{session.id}-{_stamp()}"
     stem, n = base, 1
-    while any((recordings / f"{stem}{ext}").exists() for ext in (_PARTIAL, ".mp4", _FINALIZING)):
+    while any((folder / f"{stem}{ext}").exists() for ext in exts):
         n += 1
         stem = f"{base}-{n}"
-    return stem + _PARTIAL
+    return stem
 
 
 def start(settings: Settings, session: Session, fps: int | None = None) -> Path:
@@ -79,7 +84,8 @@ def start(settings: Settings, session: Session, fps: int | None = None) -> Path:
             f"not enough free disk space for a recording in {data.recordings}",
             hint="free some space (old recordings live in the data dirs)",
         )
-    name = _new_name(session, data.recordings)
+    # vnc-record refuses to overwrite: a second recording in the same second needs a name.
+    name = _new_stem(session, data.recordings, (_PARTIAL, ".mp4", _FINALIZING)) + _PARTIAL
     cmd = ["vnc-record", "start", f"{_INSIDE}/{name}"] + ([str(fps)] if fps else [])
     rc, out = docker.exec_in(_vnc(session), cmd)
     if rc == 3:
@@ -152,17 +158,16 @@ def _heal(settings: Settings, session: Session) -> str:
     data = DataDir(session.data_dir)
     state = session.services.get("vnc")
     if state == "running":
-        live = running_file(session)
-        for partial in _partials(data):
-            if partial.name == live:
-                continue
-            try:  # a failed remux keeps the partial (listed as such) and must not fail us
-                docker.exec_in(
-                    _vnc(session), ["vnc-record", "finalize", f"{_INSIDE}/{partial.name}"]
-                )
-            except VncsessError:
-                break  # the container died meanwhile: the next command finalises
-        return live
+        try:
+            live = _status(session)
+            for partial in _partials(data):
+                if partial.name != live:  # a failed remux keeps the partial (listed as such)
+                    docker.exec_in(
+                        _vnc(session), ["vnc-record", "finalize", f"{_INSIDE}/{partial.name}"]
+                    )
+            return live
+        except NotFound:  # the container stopped since the session was read: no ffmpeg
+            state = "exited"
     if state in _VNC_GONE:
         finalize_partials(settings, data)
     return ""
@@ -267,7 +272,7 @@ def _find_mvhd(buf: bytes) -> float | None:
 def screenshot(settings: Settings, session: Session, out: Path | None = None) -> Path:
     _require_vnc(session)
     data = DataDir(session.data_dir)
-    name = f"{session.id}-{_stamp()}.png"
+    name = _new_stem(session, data.screenshots, (".png", ".tmp.png")) + ".png"
     rc, text = docker.exec_in(_vnc(session), ["vnc-screenshot", f"/data/screenshots/{name}"])
     saved = data.screenshots / name
     if rc != 0 or not saved.exists():
