@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vncsess.recordings import mp4_duration
 from vncsess.rfb import RfbClient
 
 ENV = dict(os.environ)
@@ -141,21 +142,25 @@ def cpu_ticks(container: str, pid: str) -> int:
 def recorder(runs: int, seconds: int = 30) -> list[str]:
     shares, rates = [], []
     for _ in range(runs):
-        s = up("--resolution", "1280x720", "--task", "demo")
-        vnc = f"vncsess-{s['session_id']}-vnc-1"
-        vncsess("record", "start", s["session_id"])
-        time.sleep(2)
-        pid = subprocess.run(
-            ["docker", "exec", vnc, "pgrep", "-o", "ffmpeg"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        c0, t0 = cpu_ticks(vnc, pid), time.monotonic()
-        time.sleep(seconds)
-        c1, t1 = cpu_ticks(vnc, pid), time.monotonic()
-        shares.append((c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0))
-        path = Path(vncsess("record", "stop", s["session_id"]).stdout.strip())
-        rates.append(path.stat().st_size / (seconds + 2) * 60)
-        stop(s["session_id"])
+        # An idle desktop with Chromium open: mostly still, as a paused or thinking agent is.
+        s = up("--resolution", "1280x720")
+        try:
+            vnc = f"vncsess-{s['session_id']}-vnc-1"
+            vncsess("record", "start", s["session_id"])
+            time.sleep(2)
+            pid = subprocess.run(
+                ["docker", "exec", vnc, "pgrep", "-o", "ffmpeg"],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip()  # fmt: skip
+            c0, t0 = cpu_ticks(vnc, pid), time.monotonic()
+            time.sleep(seconds)
+            c1, t1 = cpu_ticks(vnc, pid), time.monotonic()
+            shares.append((c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0))
+            path = Path(vncsess("record", "stop", s["session_id"]).stdout.strip())
+            duration = mp4_duration(path) or float("nan")
+            rates.append(path.stat().st_size / duration * 60)
+        finally:
+            stop(s["session_id"])
     return [
         f"| recorder CPU at 1280x720, 15 fps | {statistics.median(shares) * 100:.0f} % of one core"
         f" | {runs} |",

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -197,3 +198,26 @@ def test_build_failure_is_one_line(cli: Cli, tmp_path: Path) -> None:
     with pytest.raises(BuildFailed) as exc:
         list(docker.build(tmp_path, "vncsess-test-broken", {}))
     assert "building vncsess-test-broken failed" in exc.value.message
+
+
+def test_ttl_ends_the_session_and_prune_removes_it(cli: Cli) -> None:
+    s = cli.up("--ttl", "3s", "--record")
+    sid = s["session_id"]
+    assert s["expires_at"]
+    deadline = time.monotonic() + 30
+    status = ""
+    while time.monotonic() < deadline:
+        status = {x["session_id"]: x for x in cli.json("ls")}[sid]["status"]
+        if status == "expired":
+            break
+        time.sleep(0.5)
+    assert status == "expired"
+    # Both containers ended themselves; the agent says why, the recording was finalised.
+    res = cli.run("result", sid, "--json")
+    assert json.loads(res.stdout)["result"]["status"] == "cancelled"
+    recs = list((Path(s["data_dir"]) / "recordings").glob("*.mp4"))
+    assert recs and not any(r.name.endswith(".partial.mp4") for r in recs)
+    assert cli.json("prune") == {"stopped": [sid]}
+    cli.started.discard(sid)
+    assert project_leftovers(sid) == []
+    assert Path(s["data_dir"]).is_dir()

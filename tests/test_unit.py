@@ -33,6 +33,20 @@ def test_parse_resolution_rejects_with_hint(value: str) -> None:
     assert exc.value.exit_code == ExitCode.BAD_INPUT
 
 
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("90", 90), ("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("never", 0)],
+)
+def test_parse_duration(value: str, seconds: int) -> None:
+    assert config.parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "h", "1d", "-5", "30 m", "m30"])
+def test_parse_duration_rejects(value: str) -> None:
+    with pytest.raises(BadInput):
+        config.parse_duration(value)
+
+
 def test_settings_layering(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("PUBLIC_HOST=from-dotenv\nVNCSESS_BIND=0.0.0.0\n")

@@ -149,10 +149,17 @@ class Runner:
         )
 
         self._log_capper = asyncio.create_task(chromium.cap_log())
+        if self.s.ttl > 0:
+            self._expiry = asyncio.create_task(self._expire(self.s.ttl))
         if not self.s.task.strip():
             await self._idle()
         else:
             await self._run_agent()
+
+    async def _expire(self, ttl: float) -> None:
+        """--ttl: the session ends itself, as if stopped (the vnc container does the same)."""
+        await asyncio.sleep(max(ttl - self._elapsed(), 0))
+        self._on_stop(f"the session's time limit ({ttl:g} s)")
 
     def _elapsed(self) -> float:
         return time.monotonic() - self.t0

@@ -41,6 +41,7 @@ class Settings:
     max_steps: int
     demo_step_delay: float
     display_timeout: float
+    ttl: float  # seconds until the session expires; 0 = never
     data_dir: Path
     secrets_dir: Path
     task: str
@@ -171,6 +172,7 @@ def load() -> Settings:
         max_steps=_parse_int("VNCSESS_MAX_STEPS", DEFAULT_MAX_STEPS, warnings),
         demo_step_delay=_parse_float("VNCSESS_DEMO_STEP_DELAY", 1.0, warnings),
         display_timeout=_parse_float("VNCSESS_DISPLAY_TIMEOUT", 30.0, warnings),
+        ttl=_parse_float("VNCSESS_TTL", 0.0, warnings),
         data_dir=data_dir,
         secrets_dir=secrets_dir,
         task=task,

@@ -136,6 +136,12 @@ def up(
     ] = "",
     record: Annotated[bool, typer.Option("--record", help="Record from the first frame.")] = False,
     fps: Annotated[int, typer.Option("--fps", help="Recording frame rate.")] = 15,
+    ttl: Annotated[
+        str,
+        typer.Option(
+            "--ttl", help="Time limit (90s, 30m, 2h): then the session ends itself. [default: none]"
+        ),
+    ] = "",
     no_internet: Annotated[
         bool, typer.Option("--no-internet", help="The browser reaches only the session itself.")
     ] = False,
@@ -159,7 +165,7 @@ def up(
     )
     opts = sessions.UpOptions(
         name=name, port=port, resolution=resolution, task=task, llm=llm, llm_base_url=base_url,
-        max_steps=max_steps, record=record, record_fps=fps, no_internet=no_internet,
+        max_steps=max_steps, record=record, record_fps=fps, ttl=ttl, no_internet=no_internet,
         cpus=cpus, memory=memory,
     )  # fmt: skip
     with ui.progress("starting session") as step:
@@ -328,6 +334,23 @@ def stop(
             print(sid)
     else:
         ui.info("no sessions to stop")
+
+
+@app.command()
+@handled
+def prune(json_: JsonOpt = False) -> None:
+    """Remove sessions that ended by themselves (--ttl reached, or every container exited)."""
+    from vncsess import sessions
+
+    with ui.progress("pruning") as step:
+        removed = sessions.prune(_settings(), progress=step)
+    if json_:
+        ui.print_json({"stopped": removed})
+    elif removed:
+        for sid in removed:
+            print(sid)
+    else:
+        ui.info("nothing to prune")
 
 
 # ------------------------------------------------------------------ results

@@ -28,7 +28,7 @@ def novnc_url(host: str, port: int, password: str = "", view_only: bool = True) 
 class Session:
     id: str
     name: str
-    status: str  # starting | running | unhealthy | degraded | exited
+    status: str  # running | unhealthy | starting | degraded | exited | expired
     created_at: datetime
     resolution: str
     novnc_port: int | None
@@ -40,6 +40,7 @@ class Session:
     control: str = "watching"  # watching | paused | controlled
     no_internet: bool = False
     recording: str = ""  # file name of the running recording, if any
+    expires_at: datetime | None = None  # --ttl: when the session ends itself
     view_secret: str = field(default="", repr=False)
     control_secret: str = field(default="", repr=False)
 
@@ -81,6 +82,7 @@ class Session:
             "control": self.control,
             "no_internet": self.no_internet,
             "recording": self.recording,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
         }
         if show_secrets and self.control_url and self.control != "watching":
             d["control_url"] = self.control_url

@@ -14,12 +14,12 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from vncsess import docker, images, rfb
-from vncsess.config import Settings, parse_resolution
+from vncsess.config import Settings, parse_duration, parse_resolution
 from vncsess.datadir import DataDir, container_ids
 from vncsess.errors import (
     BadInput,
@@ -59,6 +59,7 @@ class UpOptions:
     max_steps: int = 25
     record: bool = False
     record_fps: int = 15
+    ttl: str = ""  # a duration; "" = no time limit
     no_internet: bool = False
     cpus: str = "1.5"
     memory: str = "2g"
@@ -150,6 +151,7 @@ def up(
     resolution = opts.resolution or settings.resolution
     w, h = parse_resolution(resolution)
     resolution = f"{w}x{h}"
+    ttl = parse_duration(opts.ttl) if opts.ttl else 0
     validate(opts)
     llm_env, env_values = read_env_file(settings.env_file, explicit_env)
     llm = resolve_llm(opts, env_values)
@@ -170,10 +172,14 @@ def up(
         data.create(task, llm_env, view_secret=_pw(), control_secret=_pw())
         files = _render_compose(data, opts.no_internet)
         uid, gid = container_ids()
+        now = datetime.now(UTC)
+        expires = (now + timedelta(seconds=ttl)).isoformat(timespec="seconds") if ttl else ""
         env = {
             "SESSION_ID": session_id,
             "SESSION_NAME": opts.name,
-            "CREATED_AT": datetime.now(UTC).isoformat(timespec="seconds"),
+            "CREATED_AT": now.isoformat(timespec="seconds"),
+            "TTL": str(ttl) if ttl else "",
+            "EXPIRES_AT": expires,
             "RESOLUTION": resolution,
             "DATA_DIR": str(data.path),
             "PUBLIC_HOST": settings.public_host,
@@ -297,7 +303,11 @@ def _session_from(containers: list[dict[str, Any]], settings: Settings) -> Sessi
             bindings = (c.get("NetworkSettings", {}).get("Ports") or {}).get("6080/tcp") or []
             if bindings and state.get("Status") == "running":
                 port = int(bindings[0]["HostPort"])
+    expires = labels.get("vncsess.expires") or ""
+    expires_at = datetime.fromisoformat(expires) if expires else None
     status = _status(services, health)
+    if status == "exited" and expires_at and expires_at <= datetime.now(UTC):
+        status = "expired"
     sid = labels["vncsess.session"]
     data = DataDir(Path(labels.get("vncsess.data-dir") or settings.session_dir(sid)))
     agent = data.read_json(data.status_file) or {}
@@ -324,16 +334,21 @@ def _session_from(containers: list[dict[str, Any]], settings: Settings) -> Sessi
         control=control,
         no_internet=bool(labels.get("vncsess.no-internet")),
         recording=_recording_now(data),
+        expires_at=expires_at,
         view_secret=view,
         control_secret=ctl,
     )
 
 
 def _recording_now(data: DataDir) -> str:
+    """The recording being written, judged without a docker exec (ls must stay fast): ffmpeg
+    flushes every packet, so a live partial changes all the time; a stale one was killed and
+    waits for the next command that repairs it."""
     if not data.recordings.is_dir():
         return ""
-    partials = sorted(data.recordings.glob("*.partial.mp4"))
-    return partials[-1].name if partials else ""
+    now = time.time()
+    live = [p for p in data.recordings.glob("*.partial.mp4") if now - p.stat().st_mtime < 5]
+    return max(live, key=lambda p: p.stat().st_mtime).name if live else ""
 
 
 def _status(services: dict[str, str], health: str) -> str:
@@ -418,6 +433,13 @@ def stop(
         recordings.finalize_partials(settings, data)
         stopped.append(s.id)
     return stopped
+
+
+def prune(settings: Settings, progress: Progress = print) -> list[str]:
+    """Remove every session that has ended by itself (expired, or all containers exited),
+    as `stop` would: recordings finalised, data dirs kept."""
+    ended = [s.id for s in list_sessions(settings) if s.status in ("expired", "exited")]
+    return stop(settings, ended, progress=progress) if ended else []
 
 
 def logs(
