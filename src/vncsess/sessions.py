@@ -20,7 +20,7 @@ from typing import Any
 
 from vncsess import docker, images, rfb
 from vncsess.config import Settings, parse_duration, parse_resolution
-from vncsess.datadir import DataDir, container_ids
+from vncsess.datadir import DataDir, container_ids, new_password
 from vncsess.errors import (
     BadInput,
     Conflict,
@@ -32,6 +32,11 @@ from vncsess.errors import (
 from vncsess.models import Result, Session, project_name
 
 Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """The default progress callback: the core reports, only the CLI prints."""
+
 
 PROVIDERS = ("openai", "anthropic", "google", "ollama")
 # Keys the agent's providers read; any of them means "a model is configured".
@@ -169,7 +174,7 @@ def up(
     project = project_name(session_id)
     started = time.monotonic()
     try:
-        data.create(task, llm_env, view_secret=_pw(), control_secret=_pw())
+        data.create(task, llm_env, view_secret=new_password(), control_secret=new_password())
         files = _render_compose(data, opts.no_internet)
         uid, gid = container_ids()
         now = datetime.now(UTC)
@@ -215,12 +220,6 @@ def up(
             data.remove()
         raise
     return session
-
-
-def _pw() -> str:
-    from vncsess.datadir import new_password
-
-    return new_password()
 
 
 def _render_compose(data: DataDir, no_internet: bool) -> list[Path]:
@@ -411,7 +410,7 @@ def data_dir_of(settings: Settings, ref: str) -> DataDir:
 
 
 def stop(
-    settings: Settings, refs: list[str], stop_all: bool = False, progress: Progress = print
+    settings: Settings, refs: list[str], stop_all: bool = False, progress: Progress = _quiet
 ) -> list[str]:
     """Remove each session's containers, networks and volumes; keep its data dir
     (recordings finalised first, secrets deleted). Returns the ids stopped."""
@@ -435,7 +434,7 @@ def stop(
     return stopped
 
 
-def prune(settings: Settings, progress: Progress = print) -> list[str]:
+def prune(settings: Settings, progress: Progress = _quiet) -> list[str]:
     """Remove every session that has ended by itself (expired, or all containers exited),
     as `stop` would: recordings finalised, data dirs kept."""
     ended = [s.id for s in list_sessions(settings) if s.status in ("expired", "exited")]
