@@ -167,6 +167,12 @@ def test_one_session_cannot_reach_another(cli: Cli) -> None:
     for target in (vnc_b, agent_b):
         for port in (6080, 5900, 8765):
             assert not _can_connect(agent_a, _ip(target), port), (target, port)
+    # The vnc containers share one display network, with inter-container traffic off.
+    vnc_a = f"vncsess-{a['session_id']}-vnc-1"
+    net = docker_json("inspect", vnc_a)[0]["NetworkSettings"]["Networks"]
+    assert set(net) == {"vncsess-display"}
+    assert not _can_connect(vnc_a, _ip(vnc_b), 6080)
+    assert not _can_connect(vnc_a, _ip(vnc_b), 5900)
     # Not even its own display's network ports: only the X socket is shared.
     assert not _can_connect(agent_a, _ip(f"vncsess-{a['session_id']}-vnc-1"), 6080)
     # B's display with A's cookie from A's container: B's socket is simply not there.

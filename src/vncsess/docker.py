@@ -117,7 +117,8 @@ def build(context: Path, tag: str, labels: dict[str, str]) -> Iterator[str]:
 
     Buildx is optional on many engines (and absent here), so the plain builder is used.
     """
-    args = [*_cmd(), "build", "--tag", tag]
+    # --force-rm: a failed step leaves no stopped container behind.
+    args = [*_cmd(), "build", "--force-rm", "--tag", tag]
     for k, v in labels.items():
         args += ["--label", f"{k}={v}"]
     args.append(str(context))
@@ -138,6 +139,24 @@ def build(context: Path, tag: str, labels: dict[str, str]) -> Iterator[str]:
 
 
 # ---------------------------------------------------------------- compose projects
+
+
+def ensure_display_network(name: str) -> None:
+    """The bridge every session's vnc container publishes its port from, with
+    inter-container traffic off: one shared network instead of one per session, because
+    Docker's default address pools hold only about 30 networks, and sessions on it still
+    cannot reach each other (ICC disabled), only the host's port mapping reaches them."""
+    if _run(["network", "ls", "-q", "--filter", f"name=^{name}$"], "docker network ls").strip():
+        return
+    try:
+        _run(
+            ["network", "create", "--driver", "bridge", "--label", "vncsess.shared=display",
+             "--opt", "com.docker.network.bridge.enable_icc=false", name],
+            "creating the display network",
+        )  # fmt: skip
+    except VncsessError as exc:
+        if "already exists" not in exc.message:  # another `up` made it at the same moment
+            raise
 
 
 def compose_up(project: str, files: Sequence[Path], env_file: Path) -> None:

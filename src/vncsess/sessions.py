@@ -47,7 +47,7 @@ DEFAULT_MODELS = {
     "GOOGLE_API_KEY": "google:gemini-2.5-flash",
     "GEMINI_API_KEY": "google:gemini-2.5-flash",
 }
-DEMO_TASK = "demo"  # the runner expands this to its built-in demo task
+DISPLAY_NETWORK = "vncsess-display"
 MAX_TASK_BYTES = 256 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _SIZE = re.compile(r"^\d+(\.\d+)?[kmg]?$", re.IGNORECASE)
@@ -190,6 +190,7 @@ def up(
             "PUBLIC_HOST": settings.public_host,
             "BIND": settings.bind,
             "NOVNC_PORT": str(opts.port) if opts.port else "",
+            "DISPLAY_NETWORK": DISPLAY_NETWORK,
             "VNC_IMAGE": settings.vnc_image,
             "AGENT_IMAGE": settings.agent_image,
             "VNCSESS_UID": str(uid),
@@ -210,6 +211,7 @@ def up(
         }
         data.env_file.write_text("".join(f"{k}={_quote_env(v)}\n" for k, v in env.items()))
         progress(f"starting session {session_id}")
+        docker.ensure_display_network(DISPLAY_NETWORK)
         docker.compose_up(project, files, data.env_file)
         session = _wait_ready(settings, session_id, started + opts.ready_timeout)
     except BaseException:
