@@ -252,8 +252,10 @@ def test_docker_failures_become_one_line_errors(stderr: str, kind: str, words: s
 
     from vncsess import docker
 
-    exc = DockerException(["docker", "x"], 1, b"", stderr.encode())
-    err = docker._explain(exc, "doing x")
+    err = docker._explain(stderr, 1, "doing x")
+    assert type(err).__name__ == kind
+    # The same through python-on-whales, which compose commands go through.
+    err = docker._whales_error(DockerException(["docker", "x"], 1, b"", stderr.encode()), "x")
     assert type(err).__name__ == kind
     assert words in err.message
     assert "\n" not in err.message
