@@ -88,9 +88,6 @@ class Session:
             d["control_url"] = self.control_url
         return d
 
-    def replace(self, **changes: Any) -> Session:
-        return dataclasses.replace(self, **changes)
-
 
 def redact_url(url: str) -> str:
     """Hide the viewer secret in a URL (`password=…`)."""
