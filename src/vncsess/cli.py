@@ -327,13 +327,16 @@ def stop(
         raise VncsessError("give ids or --all, not both", exit_code=ExitCode.BAD_INPUT)
     with ui.progress("stopping") as step:
         stopped = sessions.stop(_settings(), session_ids or [], stop_all=all_, progress=step)
+    _print_stopped(stopped, json_, "no sessions to stop")
+
+
+def _print_stopped(ids: list[str], json_: bool, none: str) -> None:
     if json_:
-        ui.print_json({"stopped": stopped})
-    elif stopped:
-        for sid in stopped:
-            print(sid)
+        ui.print_json({"stopped": ids})
+    elif ids:
+        print("\n".join(ids))
     else:
-        ui.info("no sessions to stop")
+        ui.info(none)
 
 
 @app.command()
@@ -344,13 +347,7 @@ def prune(json_: JsonOpt = False) -> None:
 
     with ui.progress("pruning") as step:
         removed = sessions.prune(_settings(), progress=step)
-    if json_:
-        ui.print_json({"stopped": removed})
-    elif removed:
-        for sid in removed:
-            print(sid)
-    else:
-        ui.info("nothing to prune")
+    _print_stopped(removed, json_, "nothing to prune")
 
 
 # ------------------------------------------------------------------ results
