@@ -45,12 +45,17 @@ def _docker_problem() -> str:
 
 
 @pytest.fixture(scope="session")
-def docker_ready(request: pytest.FixtureRequest) -> None:
+def docker_ready(request: pytest.FixtureRequest) -> Iterator[None]:
     problem = _docker_problem()
     if problem:
         if request.config.getoption("--no-runtime-skip"):
             pytest.fail(f"Docker test cannot run: {problem}", pytrace=False)
         pytest.skip(problem)
+    yield
+    # vncsess creates one shared display network on first use and keeps it. The tests
+    # leave the engine as they found it: remove it if no session (ours or a user's) uses it
+    # (docker refuses while a container is attached, which is the check).
+    subprocess.run(["docker", "network", "rm", "vncsess-display"], capture_output=True, check=False)
 
 
 @dataclass

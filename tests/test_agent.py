@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LLM_FLAGS, Cli
+from tests.conftest import LLM_FLAGS, Cli, project_leftovers
 
 pytestmark = pytest.mark.docker
 
@@ -106,6 +106,9 @@ def test_a_broken_model_gives_a_failed_result(
     stop = cli.run("stop", s["session_id"])
     assert stop.returncode == 0
     cli.started.discard(s["session_id"])
+    # The scripted server, a container from outside the session, is still attached to the
+    # session's network: stop detaches it and removes the network all the same.
+    assert project_leftovers(s["session_id"]) == []
 
 
 def test_an_unreachable_model_gives_a_failed_result(cli: Cli) -> None:

@@ -195,12 +195,22 @@ def compose_down(project: str) -> None:
         _compose(project).down(volumes=True, remove_orphans=True, timeout=5, quiet=True)
     except Exception as exc:
         raise _whales_error(exc, "docker compose down") from None
-    # A volume still in use by a dying container can survive `down`; sweep by label.
-    for kind in ("volume", "network"):
-        names = project_resources(project)[kind + "s"]
-        if names:
+    # What `down` could not remove: a network that a container from outside the project
+    # was attached to (a model server a user joined to the session's network), a volume
+    # still held by a dying container. Detach the strangers, then sweep by label.
+    left = project_resources(project)
+    for network in left["networks"]:
+        attached = _run(
+            ["network", "inspect", "--format", "{{range .Containers}}{{.Name}} {{end}}", network],
+            "inspecting a session network",
+        ).split()
+        for container in attached:
             with contextlib.suppress(VncsessError):
-                _run([kind, "rm", *names], f"removing {kind}s")
+                _run(["network", "disconnect", "--force", network, container], "disconnecting")
+    for kind in ("volume", "network"):
+        if left[kind + "s"]:
+            with contextlib.suppress(VncsessError):
+                _run([kind, "rm", *left[kind + "s"]], f"removing {kind}s")
 
 
 def project_resources(project: str) -> dict[str, list[str]]:
