@@ -467,10 +467,9 @@ def result(settings: Settings, ref: str) -> Result:
 
 def wait(
     settings: Settings, ref: str, timeout: float | None, poll: float = 0.25
-) -> tuple[Session | None, Result]:
+) -> tuple[Session, Result]:
     """Block until the agent writes its result. Fails fast if the session dies first."""
-    session: Session | None = get(settings, ref)
-    assert session is not None
+    session = get(settings, ref)
     data = DataDir(session.data_dir)
     deadline = None if timeout is None else time.monotonic() + timeout
     checked = time.monotonic()
