@@ -5,6 +5,10 @@ container Chromium logs D-Bus errors about once a second, so such a pipe fills u
 and Chromium then blocks. The executable browser-use is given is bin/chromium-logged, which execs
 /usr/bin/chromium with both streams appended to CHROMIUM_LOG instead (kept small by cap_log);
 when Chromium fails to start, the tail of that file says why.
+
+Chromium's environment is the runner's own: browser-use's launcher passes none (it ignores
+BrowserProfile.env), and launch_idle passes none either. That is why the model keys never enter
+the runner's environment (settings.py): Chromium runs without its sandbox.
 """
 
 from __future__ import annotations
@@ -14,9 +18,13 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVarTuple
 
 import psutil
+
+_Ts = TypeVarTuple("_Ts")
 
 WRAPPER = str(Path(__file__).resolve().parent.parent / "bin" / "chromium-logged")
 CHROMIUM = os.environ.get("VNCSESS_CHROMIUM", "/usr/bin/chromium")
@@ -42,6 +50,10 @@ def confinement_args() -> list[str]:
 # component updates, sync, breakpad, ... and add --no-sandbox/--no-xshm in containers).
 EXTRA_ARGS = [
     "--test-type",  # no "unsupported command-line flag" bar
+    # The display has no GLX (Xvfb runs without it, and the vnc image without Mesa): without
+    # this, Chromium starts a GPU process that fails, again and again, before it falls back
+    # to the software compositor it ends up with anyway.
+    "--disable-gpu",
     "--disable-dev-shm-usage",  # /dev/shm is small in containers
     "--password-store=basic",  # no keyring to wait for
     "--no-first-run",
@@ -50,7 +62,10 @@ EXTRA_ARGS = [
     *confinement_args(),
 ]
 
-# For the idle window, which runner.py launches without browser-use.
+# For the idle window, which runner.py launches without browser-use. It shows one still
+# page for as long as nobody gives the session a task, so it should cost next to nothing:
+# no GPU acceleration to emulate in software (a still page composites as well without it;
+# --disable-gpu comes with EXTRA_ARGS).
 IDLE_ARGS = [
     "--no-sandbox",
     "--no-zygote",
@@ -67,7 +82,7 @@ IDLE_ARGS = [
 ]
 
 
-def browser_profile(width: int, height: int, downloads_dir: str):
+def browser_profile(width: int, height: int, downloads_dir: str) -> Any:
     from browser_use import BrowserProfile
 
     return BrowserProfile(
@@ -85,7 +100,7 @@ def browser_profile(width: int, height: int, downloads_dir: str):
     )
 
 
-def launch_idle(url: str, width: int, height: int) -> subprocess.Popen:
+def launch_idle(url: str, width: int, height: int) -> subprocess.Popen[bytes]:
     args = [
         WRAPPER,
         *IDLE_ARGS,
@@ -95,6 +110,71 @@ def launch_idle(url: str, width: int, height: int) -> subprocess.Popen:
         url,
     ]
     return subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=False)
+
+
+def describe_exit(returncode: int | None) -> str:
+    """How a process ended, in words: 'killed by signal SIGKILL', 'exited with code 1'."""
+    if returncode is None:
+        return "its exit status is unknown"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by signal {name}"
+    return f"exited with code {returncode}"
+
+
+class _ExitWatcher(asyncio.ThreadedChildWatcher):
+    """asyncio's own child watcher, which also tells how the agent's browser ended.
+
+    browser-use starts Chromium with asyncio.create_subprocess_exec and keeps only a psutil
+    handle: the exit status (the signal that killed it) goes to asyncio's watcher, which reaps
+    the process, and nowhere else. This watcher hands it on as well.
+    """
+
+    def __init__(self, on_exit: Callable[[int], None]) -> None:
+        super().__init__()
+        self._on_exit = on_exit
+
+    def add_child_handler(
+        self, pid: int, callback: Callable[[int, int, *_Ts], object], *args: *_Ts
+    ) -> None:
+        if not _is_browser(pid):
+            super().add_child_handler(pid, callback, *args)
+            return
+
+        def exited(pid: int, returncode: int, *args: *_Ts) -> None:
+            callback(pid, returncode, *args)
+            self._on_exit(returncode)
+
+        super().add_child_handler(pid, exited, *args)
+
+
+def _is_browser(pid: int) -> bool:
+    """The browser process browser-use launched: the one given a CDP port (its helpers
+    inherit no such flag, and the runner starts no other Chromium through asyncio)."""
+    try:
+        return any(a.startswith("--remote-debugging-port") for a in psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+
+
+def on_browser_exit(callback: Callable[[str], None]) -> None:
+    """Call callback(why) whenever the browser browser-use launched ends, with how it ended.
+
+    Call it from a running event loop, before the browser is launched. (asyncio's child
+    watchers exist up to Python 3.13; the image's Python is Debian bookworm's 3.11.)
+    """
+
+    def exited(returncode: int) -> None:
+        why = f"the browser (Chromium) died: {describe_exit(returncode)}"
+        if returncode >= 0:  # it exited by itself, so its output says why (a signal is the why)
+            tail = log_tail(max_lines=5, max_chars=600)
+            why += f"; its last output:\n{tail}" if tail else ""
+        callback(why)
+
+    asyncio.set_child_watcher(_ExitWatcher(exited))
 
 
 async def cap_log(max_bytes: int = 4 << 20, every: float = 30.0) -> None:

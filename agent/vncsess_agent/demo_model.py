@@ -58,7 +58,7 @@ def _section(text: str, tag: str) -> str:
     return match.group(1) if match else ""
 
 
-def _action_names(output_format: type) -> set[str]:
+def _action_names(output_format: Any) -> set[str]:
     """The actions the output schema allows (only `done` on a forced last step)."""
     try:
         item = typing.get_args(output_format.model_fields["action"].annotation)[0]
@@ -73,8 +73,8 @@ def _current_url(browser_state: str) -> str | None:
     if current:
         for tab_id, url in tabs:
             if tab_id == current.group(1):
-                return url
-    return tabs[0][1] if len(tabs) == 1 else None
+                return str(url)
+    return str(tabs[0][1]) if len(tabs) == 1 else None
 
 
 @dataclass

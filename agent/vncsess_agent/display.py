@@ -1,13 +1,16 @@
-"""Wait for the X display of the vnc container: its socket, then a real X connection.
+"""Wait for the X display of the vnc container: its socket, then a real X connection; and
+notice when it dies.
 
 The check speaks the first X11 handshake message itself (with the MIT-MAGIC-COOKIE-1 from
 $XAUTHORITY), so it needs no X client package and tells apart "no socket yet", "refused: bad
-cookie" and "ready". Polled every 100 ms up to a deadline: never a fixed sleep.
+cookie" and "ready". Polled every 100 ms up to a deadline: never a fixed sleep. The watch
+holds one such connection open and returns when the X server closes it: no polling at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import struct
@@ -58,10 +61,14 @@ def _pad(data: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 4)
 
 
+def _setup_request(auth: tuple[bytes, bytes]) -> bytes:
+    name, data = auth
+    return struct.pack("<cxHHHHxx", b"l", 11, 0, len(name), len(data)) + _pad(name) + _pad(data)
+
+
 def try_connect(socket_path: str, auth: tuple[bytes, bytes], timeout: float = 2.0) -> str | None:
     """None if the X server accepts us; otherwise the reason it does not (yet)."""
-    name, data = auth
-    request = struct.pack("<cxHHHHxx", b"l", 11, 0, len(name), len(data)) + _pad(name) + _pad(data)
+    request = _setup_request(auth)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
@@ -94,7 +101,7 @@ def try_connect(socket_path: str, auth: tuple[bytes, bytes], timeout: float = 2.
 
 
 async def wait_for_display(
-    display_number: int, xauthority: str | None, timeout: float, log
+    display_number: int, xauthority: str | None, timeout: float, log: logging.Logger
 ) -> float:
     """Wait until the display accepts a connection; returns the seconds waited."""
     socket_path = f"/tmp/.X11-unix/X{display_number}"
@@ -128,3 +135,30 @@ async def wait_for_display(
         if time.monotonic() >= deadline:
             raise DisplayError(f"display :{display_number} not ready after {timeout:.0f} s: {last}")
         await asyncio.sleep(0.1)
+
+
+async def watch_display(display_number: int, xauthority: str | None) -> str:
+    """Hold an X connection to the display; return (why) when the X server drops it.
+
+    An X server sends a client nothing it did not ask for, so the connection stays silent
+    until the server goes: then the read sees the end of the stream. Returns at once if the
+    display cannot be reached now.
+    """
+    path = f"/tmp/.X11-unix/X{display_number}"
+    try:
+        reader, writer = await asyncio.open_unix_connection(path)
+    except OSError as exc:
+        return f"cannot connect to {path}: {exc.strerror or exc}"
+    try:
+        writer.write(_setup_request(read_cookie(xauthority, display_number)))
+        await writer.drain()
+        head = await reader.readexactly(8)
+        if head[0] != 1:
+            return "the X server refused the connection"
+        while await reader.read(65536):
+            pass  # the setup reply; after it, nothing until the server closes the connection
+        return "the X server closed the connection"
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        return f"the X connection broke: {exc}"
+    finally:
+        writer.close()

@@ -18,7 +18,7 @@ ANTHROPIC_CHAT = "browser_use.llm.anthropic.chat"
 class _NotAnthropic:
     """Stands in for ChatAnthropic in isinstance() checks; never instantiated."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: object, **kwargs: object) -> None:
         raise RuntimeError("ChatAnthropic was stubbed out by vncsess_agent.fastimport")
 
 
@@ -26,5 +26,5 @@ def skip_anthropic_import() -> None:
     if ANTHROPIC_CHAT in sys.modules:
         return
     module = types.ModuleType(ANTHROPIC_CHAT, "vncsess stand-in: anthropic is not used in this run")
-    module.ChatAnthropic = _NotAnthropic
+    module.ChatAnthropic = _NotAnthropic  # type: ignore[attr-defined]
     sys.modules[ANTHROPIC_CHAT] = module

@@ -6,14 +6,16 @@
   google:MODEL           Google Gemini
   ollama:MODEL           Ollama at VNCSESS_LLM_BASE_URL (or OLLAMA_HOST)
 
-Keys come from the environment, which the runner filled from /run/secrets/llm_env.
-Retries are kept low: a session should fail in seconds, not minutes, when the model is down.
+Keys come from the session's llm env file (/run/secrets/llm_env), which settings.py reads into
+a dict: they are given to the chat model here and never put into the environment, which every
+Chromium the runner starts inherits. Retries are kept low: a session should fail in seconds,
+not minutes, when the model is down.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 LOG = logging.getLogger("vncsess.llm")
@@ -32,15 +34,18 @@ class LLMConfigError(ValueError):
     pass
 
 
-def _key(*names: str) -> str | None:
+def _key(env: Mapping[str, str], *names: str) -> str | None:
     for name in names:
-        value = os.environ.get(name, "").strip()
+        value = env.get(name, "").strip()
         if value:
             return value
     return None
 
 
-def make_llm(spec: str, base_url: str | None, demo_step_delay: float = 1.0) -> Any:
+def make_llm(
+    spec: str, base_url: str | None, env: Mapping[str, str], demo_step_delay: float = 1.0
+) -> Any:
+    """The chat model for `spec`, with its key from `env` (the llm env file's entries)."""
     spec = spec.strip()
     if spec == "demo":
         from vncsess_agent.demo_model import DemoChatModel
@@ -57,7 +62,9 @@ def make_llm(spec: str, base_url: str | None, demo_step_delay: float = 1.0) -> A
         )
 
     if provider == "openai":
-        api_key = _key("OPENAI_API_KEY")
+        api_key = _key(env, "OPENAI_API_KEY")
+        # The SDK would read OPENAI_BASE_URL from the environment; the env file is not there.
+        base_url = base_url or _key(env, "OPENAI_BASE_URL")
         if not api_key:
             if not base_url:
                 raise LLMConfigError("openai needs OPENAI_API_KEY in the session's llm env file")
@@ -69,7 +76,8 @@ def make_llm(spec: str, base_url: str | None, demo_step_delay: float = 1.0) -> A
         )
 
     if provider == "anthropic":
-        api_key = _key("ANTHROPIC_API_KEY")
+        api_key = _key(env, "ANTHROPIC_API_KEY")
+        base_url = base_url or _key(env, "ANTHROPIC_BASE_URL")
         if not api_key:
             raise LLMConfigError("anthropic needs ANTHROPIC_API_KEY in the session's llm env file")
         from browser_use.llm.anthropic.chat import ChatAnthropic
@@ -79,7 +87,7 @@ def make_llm(spec: str, base_url: str | None, demo_step_delay: float = 1.0) -> A
         )
 
     if provider == "google":
-        api_key = _key("GOOGLE_API_KEY", "GEMINI_API_KEY")
+        api_key = _key(env, "GOOGLE_API_KEY", "GEMINI_API_KEY")
         if not api_key:
             raise LLMConfigError(
                 "google needs GOOGLE_API_KEY (or GEMINI_API_KEY) in the session's llm env file"
@@ -89,7 +97,7 @@ def make_llm(spec: str, base_url: str | None, demo_step_delay: float = 1.0) -> A
         kwargs: dict[str, Any] = {"http_options": {"base_url": base_url}} if base_url else {}
         return ChatGoogle(model=model, api_key=api_key, max_retries=2, **kwargs)
 
-    host = base_url or _key("OLLAMA_HOST")
+    host = base_url or _key(env, "OLLAMA_HOST")
     if not host:
         raise LLMConfigError(
             "ollama needs the server address: set the session's LLM base URL (the agent container "
@@ -130,9 +138,9 @@ def fatal_error_message(error: BaseException) -> str | None:
 
 def _root_cause(error: BaseException) -> BaseException:
     seen = set()
-    while (error.__cause__ or error.__context__) is not None and id(error) not in seen:
+    while (cause := error.__cause__ or error.__context__) is not None and id(error) not in seen:
         seen.add(id(error))
-        error = error.__cause__ or error.__context__
+        error = cause
     return error
 
 
@@ -148,7 +156,7 @@ def explain_connection_error(error: BaseException, where: str | None) -> str | N
     return f"cannot reach the LLM server {where or '(provider default URL)'}: {detail}"
 
 
-def watch_errors(llm: Any, base_url: str | None, on_fatal) -> None:
+def watch_errors(llm: Any, base_url: str | None, on_fatal: Callable[[str], None]) -> None:
     """Wrap llm.ainvoke to make LLM errors readable and stop at once on unrecoverable ones.
 
     An unrecoverable error (bad key, unknown model) calls on_fatal(message): browser-use would
@@ -159,7 +167,7 @@ def watch_errors(llm: Any, base_url: str | None, on_fatal) -> None:
 
     original = llm.ainvoke
 
-    async def ainvoke(messages, output_format=None, **kwargs):
+    async def ainvoke(messages: Any, output_format: Any = None, **kwargs: Any) -> Any:
         try:
             return await original(messages, output_format, **kwargs)
         except Exception as exc:

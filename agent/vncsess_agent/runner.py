@@ -16,10 +16,12 @@ Environment
 Files (each may be missing)
   /run/secrets/task       the task, UTF-8, passed to the Agent byte for byte. Empty: an idle
                           window until stopped. The single word `demo`: DEMO_TASK.
-  /run/secrets/llm_env    KEY=VALUE lines loaded into this process's environment; values are
-                          never logged and are redacted from logs and result.json
+  /run/secrets/llm_env    KEY=VALUE lines for the chat model, kept in this process's memory
+                          (never its environment, which Chromium inherits); values are never
+                          logged and are redacted from logs and result.json
   /data/result.json       written once, atomically, when the run succeeds, fails or is stopped
   /data/status.json       {"state", "step", "url", "updated_at"}, rewritten as the run goes
+  /data/events.jsonl      one JSON line per step, pause, resume and the end (protocol.py)
   /data/downloads/        the browser's downloads
 Signals
   SIGUSR1 pause the agent before its next action (state "paused")
@@ -41,13 +43,25 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote
 
 from vncsess_agent import chromium, logs, webserver
 from vncsess_agent import settings as settings_mod
-from vncsess_agent.display import DisplayError, wait_for_display
+from vncsess_agent.display import DisplayError, wait_for_display, watch_display
 from vncsess_agent.outputs import Outputs, utc_now
+from vncsess_agent.protocol import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    IDLE,
+    PAUSED,
+    RUNNING,
+    STARTING,
+    SUCCEEDED,
+    Result,
+)
 
 LOG = logging.getLogger("vncsess")
 
@@ -64,6 +78,7 @@ OFFLINE_ENV = {
 }
 
 MAX_FAILURES = 3  # consecutive failed steps before browser-use gives up (its default is 5)
+DISPLAY_DIED = "the display died"  # the first error of a result when Xvfb went away
 SHUTDOWN_DEADLINE_S = 2.5
 
 
@@ -87,7 +102,9 @@ def describe_actions(model_output: Any) -> str:
 
 
 def _is_page_url(url: str | None) -> bool:
-    return bool(url) and not url.startswith(("about:", "chrome://", "chrome-error://", "data:"))
+    if not url:
+        return False
+    return not url.startswith(("about:", "chrome://", "chrome-error://", "data:"))
 
 
 class Runner:
@@ -104,6 +121,7 @@ class Runner:
         self.first_navigation_s: float | None = None
         self.nav_urls: list[str] = []
         self.fatal_llm_error: str | None = None
+        self.browser_death: str | None = None
         self.stop_reason: str | None = None
         self._shutting_down = False
         self._stopped = asyncio.Event()
@@ -116,12 +134,12 @@ class Runner:
         loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGUSR1, self._on_pause)
         loop.add_signal_handler(signal.SIGUSR2, self._on_resume)
-        self.outputs.status("starting")
+        self.outputs.status(STARTING)
         try:
             await self._main()
         except Exception as exc:  # a bug here must still end in a readable failed result
             LOG.exception("runner failed")
-            self._finish("failed", errors=[f"runner error: {type(exc).__name__}: {exc}"])
+            self._finish(FAILED, errors=[f"runner error: {type(exc).__name__}: {exc}"])
         await self._stopped.wait()  # the shutdown path exits the process
         return 0
 
@@ -139,7 +157,7 @@ class Runner:
             )
         except DisplayError as exc:
             LOG.error("%s", exc)
-            self._finish("failed", errors=[str(exc)])
+            self._finish(FAILED, errors=[str(exc)])
             return
         LOG.info(
             "display %s ready (waited %.2f s, %.2f s since start)",
@@ -171,30 +189,59 @@ class Runner:
 
         If the window is closed (say, by someone in noVNC) it is opened again; if Chromium dies
         within seconds of its launch, it cannot start, and the session fails with its output.
+        If the display itself went away (Chromium dies with it), the window is opened again
+        once the vnc container has made a new display.
         """
         self.phase = "idle"
         url = settings_mod.WAITING_URL + (
             f"?session={quote(self.s.session_id)}" if self.s.session_id else ""
         )
         LOG.info("no task: idle Chromium window on %s until stopped", settings_mod.WAITING_URL)
-        self.outputs.status("idle", url=settings_mod.WAITING_URL)
+        self.outputs.status(IDLE, url=settings_mod.WAITING_URL)
+        n, xauth = self.s.display_number, self.s.xauthority
         while True:
             launched = time.monotonic()
+            watch = asyncio.ensure_future(watch_display(n, xauth))
             try:
                 proc = chromium.launch_idle(url, self.s.width, self.s.height)
             except OSError as exc:
-                self._finish("failed", errors=[f"cannot start Chromium: {exc}"])
+                watch.cancel()
+                self._finish(FAILED, errors=[f"cannot start Chromium: {exc}"])
                 return
-            while proc.poll() is None:
-                await asyncio.sleep(0.5)
+            # Chromium's exit (a thread blocked in waitpid) or the display's death (the X
+            # server drops the watch's connection): no polling, an idle session wakes for
+            # nothing.
+            exited = asyncio.ensure_future(asyncio.to_thread(proc.wait))
+            await asyncio.wait({exited, watch}, return_when=asyncio.FIRST_COMPLETED)
+            died = watch.done()
+            if died:  # and Chromium with it, if it has not gone yet
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(exited), 5)
+                await asyncio.to_thread(chromium.terminate_tree, proc.pid, 1.0)
+            else:
+                watch.cancel()
+            await exited
             lived = time.monotonic() - launched
+            if died:
+                LOG.warning(
+                    "%s (Chromium exited, code %s); waiting for the next one",
+                    DISPLAY_DIED,
+                    proc.returncode,
+                )
+                try:
+                    waited = await wait_for_display(n, xauth, self.s.display_timeout, LOG)
+                except DisplayError as exc:
+                    self._finish(FAILED, errors=[DISPLAY_DIED, str(exc)])
+                    return
+                LOG.info("the display is back after %.1f s: opening Chromium again", waited)
+                continue
             if lived < 5.0:
                 LOG.error(
                     "Chromium exited %.1f s after its launch (code %s)", lived, proc.returncode
                 )
                 diagnosis = await chromium.diagnose()
                 first = f"Chromium exited right after its launch (code {proc.returncode})"
-                self._finish("failed", errors=[first, diagnosis])
+                self._finish(FAILED, errors=[first, diagnosis])
                 return
             LOG.info(
                 "the idle Chromium window was closed (code %s); opening it again", proc.returncode
@@ -206,10 +253,10 @@ class Runner:
         from vncsess_agent.llm import LLMConfigError, make_llm, watch_errors
 
         try:
-            llm = make_llm(self.s.llm, self.s.llm_base_url, self.s.demo_step_delay)
+            llm = make_llm(self.s.llm, self.s.llm_base_url, self.s.llm_env, self.s.demo_step_delay)
         except LLMConfigError as exc:
             LOG.error("%s", exc)
-            self._finish("failed", errors=[str(exc)])
+            self._finish(FAILED, errors=[str(exc)])
             return
         watch_errors(llm, self.s.llm_base_url, self._on_fatal_llm_error)
 
@@ -220,6 +267,7 @@ class Runner:
         from browser_use import Agent, BrowserSession
         from browser_use.browser.events import NavigationCompleteEvent
 
+        chromium.on_browser_exit(self._on_browser_exit)
         session = BrowserSession(
             browser_profile=chromium.browser_profile(
                 self.s.width, self.s.height, str(self.s.downloads_dir)
@@ -246,7 +294,7 @@ class Runner:
             )
         self.phase = "running"
         if not agent.state.paused:
-            self.outputs.status("running")
+            self.outputs.status(RUNNING)
         LOG.info(
             "agent starting (llm=%s, max_steps=%d, %.2f s since start)",
             self.s.llm,
@@ -255,29 +303,53 @@ class Runner:
         )
 
         try:
-            history = await agent.run(max_steps=self.s.max_steps)
+            history = await self._unless_display_dies(agent.run(max_steps=self.s.max_steps))
+        except DisplayError as exc:
+            LOG.error("%s (%s): the browser went with it", DISPLAY_DIED, exc)
+            self._finish(FAILED, errors=[DISPLAY_DIED, f"{exc}; the browser went with it"])
+            return
         except Exception as exc:
             errors = [f"{type(exc).__name__}: {exc}"]
+            if self.browser_death:
+                errors.insert(0, self.browser_death)
             if self.first_navigation_s is None and not self._agent_steps():
                 LOG.error("the agent failed before the browser was usable; checking Chromium")
                 errors.append(await chromium.diagnose())
             LOG.error("agent failed: %s", errors[0])
-            self._finish("failed", errors=errors)
+            self._finish(FAILED, errors=errors)
             return
 
         errors = [e for e in history.errors() if e]
         if history.is_done():
             success = bool(history.is_successful())
-            status = "succeeded" if success else "failed"
+            status = SUCCEEDED if success else FAILED
             if not success:
                 errors.insert(0, "the agent finished but reported that the task did not succeed")
         else:
-            success, status = False, "failed"
+            success, status = False, FAILED
             errors.insert(0, self._why_unfinished())
         self._finish(status, success=success, final_text=history.final_result(), errors=errors)
 
+    async def _unless_display_dies(self, run: Coroutine[Any, Any, Any]) -> Any:
+        """Await the agent's run, unless the display dies first (DisplayError): Chromium
+        dies with it, and browser-use would only find out through its retries."""
+        task = asyncio.ensure_future(run)
+        watch = asyncio.ensure_future(watch_display(self.s.display_number, self.s.xauthority))
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            watch.cancel()
+            return task.result()
+        if self.agent is not None:
+            self.agent.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise DisplayError(watch.result())
+
     def _why_unfinished(self) -> str:
         agent = self.agent
+        if self.browser_death:
+            return self.browser_death
         if self.fatal_llm_error:
             return self.fatal_llm_error
         if agent is not None and agent.state.consecutive_failures >= MAX_FAILURES:
@@ -307,12 +379,21 @@ class Runner:
 
     def _on_step(self, state: Any, model_output: Any, step: int) -> None:
         url = getattr(state, "url", None)
-        LOG.info("step %d: %s | %s", step, describe_actions(model_output), url or "-")
+        actions = describe_actions(model_output)
+        LOG.info("step %d: %s | %s", step, actions, url or "-")
         self.outputs.status(step=step, url=url)
+        goal = getattr(model_output, "next_goal", None) or ""
+        self.outputs.event(
+            "agent.step",
+            step=step,
+            url=self.redact(url) if url else url,
+            goal=self.redact(_short(goal, 500)),
+            actions=self.redact(_short(actions, 500)),
+        )
 
     async def _on_navigation(self, event: Any) -> None:
-        url = getattr(event, "url", None)
-        if not _is_page_url(url) or getattr(event, "error_message", None):
+        url: str | None = getattr(event, "url", None)
+        if not url or not _is_page_url(url) or getattr(event, "error_message", None):
             return
         if self.first_navigation_s is None:
             self.first_navigation_s = round(self._elapsed(), 3)
@@ -329,6 +410,16 @@ class Runner:
         if self.agent is not None:
             self.agent.stop()
 
+    def _on_browser_exit(self, why: str) -> None:
+        """Chromium ended while the task ran (a crash, the OOM killer): say so, and how."""
+        if self.phase != "running" or self._shutting_down:
+            return
+        if self.browser_death is None:
+            self.browser_death = why
+            LOG.error("%s; stopping the agent", why)
+        if self.agent is not None:
+            self.agent.stop()
+
     # -- signals -----------------------------------------------------------------------------
 
     def _on_pause(self) -> None:
@@ -338,7 +429,8 @@ class Runner:
             return
         with contextlib.redirect_stdout(io.StringIO()):  # agent.pause() prints a console hint
             agent.pause()
-        self.outputs.status("paused")
+        self.outputs.status(PAUSED)
+        self.outputs.event("agent.paused")
         LOG.info("paused (SIGUSR1): the agent stops before its next step or action")
 
     def _on_resume(self) -> None:
@@ -348,7 +440,8 @@ class Runner:
             return
         with contextlib.redirect_stdout(io.StringIO()):
             agent.resume()
-        self.outputs.status("running")
+        self.outputs.status(RUNNING)
+        self.outputs.event("agent.resumed")
         LOG.info("resumed (SIGUSR2)")
 
     def _on_stop(self, name: str) -> None:
@@ -368,7 +461,7 @@ class Runner:
                     errors.append(self.fatal_llm_error)
             else:
                 errors = []
-            self._finish("cancelled", errors=errors, state="done")
+            self._finish(CANCELLED, errors=errors, state=DONE)
         chromium.terminate_tree(grace=1.2)
         LOG.info("stopped")
         for handler in logging.getLogger().handlers:
@@ -403,19 +496,19 @@ class Runner:
             # Skip repeats, and errors already quoted inside an earlier, more descriptive one.
             if error and not any(error in earlier for earlier in clean_errors):
                 clean_errors.append(error)
-        result = {
-            "status": status,
-            "success": bool(success) and status == "succeeded",
-            "final_text": self.redact(final_text) if final_text is not None else None,
-            "steps": self._agent_steps(),
-            "urls": self._urls(),
-            "errors": clean_errors,
-            "llm": self.s.llm,
-            "started_at": self.started_at,
-            "finished_at": utc_now(),
-            "duration_s": round(self._elapsed(), 3),
-            "first_navigation_s": self.first_navigation_s,
-        }
+        result = Result(
+            status=status,
+            success=bool(success) and status == SUCCEEDED,
+            final_text=self.redact(final_text) if final_text is not None else None,
+            steps=self._agent_steps(),
+            urls=self._urls(),
+            errors=clean_errors,
+            llm=self.s.llm,
+            started_at=self.started_at,
+            finished_at=utc_now(),
+            duration_s=round(self._elapsed(), 3),
+            first_navigation_s=self.first_navigation_s,
+        ).to_dict()
         if self.outputs.write_result(result):
             LOG.info(
                 "result: %s (steps=%d, %.1f s)%s",
@@ -426,8 +519,9 @@ class Runner:
             )
             for error in clean_errors[:3]:
                 LOG.info("  error: %s", _short(error, 300))
+            self.outputs.event("agent.finished", result=result)
         if state is None:
-            state = "done" if status == "succeeded" else "failed"
+            state = DONE if status == SUCCEEDED else FAILED
         self.outputs.status(state)
 
 
@@ -439,11 +533,11 @@ def _prepare_dirs(s: settings_mod.Settings) -> None:
                 os.makedirs(path, mode=mode, exist_ok=True)
             except OSError as exc:
                 LOG.warning("cannot create %s=%s: %s", var, path, exc)
-    for path in (s.data_dir, s.downloads_dir):
+    for out in (s.data_dir, s.downloads_dir):
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            LOG.error("cannot create %s: %s (results will not be saved)", path, exc)
+            LOG.error("cannot create %s: %s (results will not be saved)", out, exc)
 
 
 def main() -> int:

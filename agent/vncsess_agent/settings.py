@@ -2,6 +2,11 @@
 
 Every input is optional: a missing file or variable falls back to a default, and problems that
 must fail the run (an unknown provider, a missing key) are raised later, when the model is made.
+
+The model keys (/run/secrets/llm_env) stay in Settings.llm_env and are handed to the chat model
+by llm.make_llm. They never enter os.environ: every Chromium the runner starts inherits the
+runner's environment (browser-use's launcher passes no env of its own), and Chromium runs
+without its sandbox, so a compromised renderer could read whatever that environment holds.
 """
 
 from __future__ import annotations
@@ -46,9 +51,18 @@ class Settings:
     secrets_dir: Path
     task: str
     task_source: str  # "file", "missing", or "demo" (the task was the word `demo`)
-    llm_env_names: list[str] = field(default_factory=list)
-    secret_values: list[str] = field(default_factory=list)
+    # KEY=VALUE from /run/secrets/llm_env: in this process's memory only (see above).
+    llm_env: dict[str, str] = field(default_factory=dict, repr=False)
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def llm_env_names(self) -> list[str]:
+        return list(self.llm_env)
+
+    @property
+    def secret_values(self) -> list[str]:
+        """What the logs and the result must never show."""
+        return [value for value in self.llm_env.values() if value]
 
     @property
     def display_number(self) -> int:
@@ -123,28 +137,23 @@ def read_task(secrets_dir: Path, warnings: list[str]) -> tuple[str, bool]:
         return data.decode("utf-8", errors="replace"), True
 
 
-def load_llm_env(secrets_dir: Path, warnings: list[str]) -> tuple[list[str], list[str]]:
-    """Load /run/secrets/llm_env into os.environ. Returns (names, values); never logs values."""
+def load_llm_env(secrets_dir: Path, warnings: list[str]) -> dict[str, str]:
+    """/run/secrets/llm_env as a dict, never put into os.environ; never logs a value."""
     path = secrets_dir / "llm_env"
     if not path.is_file():
-        return [], []
+        return {}
     try:
         from dotenv import dotenv_values
 
         entries = dotenv_values(path, interpolate=False, encoding="utf-8")
     except Exception as exc:  # unreadable or undecodable: say so, without content
         warnings.append(f"cannot read llm_env ({type(exc).__name__}); no keys loaded")
-        return [], []
-    names: list[str] = []
-    values: list[str] = []
-    for name, value in entries.items():
-        if value is None or not _ENV_NAME.match(name or ""):
-            continue
-        os.environ[name] = value
-        names.append(name)
-        if value:
-            values.append(value)
-    return names, values
+        return {}
+    return {
+        name: value
+        for name, value in entries.items()
+        if value is not None and _ENV_NAME.match(name or "")
+    }
 
 
 def load() -> Settings:
@@ -159,7 +168,6 @@ def load() -> Settings:
     if task.strip() == "demo":
         task, task_source = DEMO_TASK, "demo"
 
-    names, values = load_llm_env(secrets_dir, warnings)
     xauthority = os.environ.get("XAUTHORITY") or None
     return Settings(
         display=_env("DISPLAY", ":99") or ":99",
@@ -177,7 +185,6 @@ def load() -> Settings:
         secrets_dir=secrets_dir,
         task=task,
         task_source=task_source,
-        llm_env_names=names,
-        secret_values=values,
+        llm_env=load_llm_env(secrets_dir, warnings),
         warnings=warnings,
     )

@@ -14,10 +14,10 @@ WWW_DIR = Path(__file__).resolve().parent.parent / "www"
 
 
 class _Handler(SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):
+    def log_message(self, format: str, *args: object) -> None:
         pass  # page loads are not worth a log line
 
-    def end_headers(self):
+    def end_headers(self) -> None:
         self.send_header("Cache-Control", "no-store")
         super().end_headers()
 

@@ -1,0 +1,100 @@
+"""The contract between the agent runner (in its container) and vncsess (on the host): the
+files the runner writes into its data dir, and what their fields mean.
+
+One file under two import names: `vncsess_agent.protocol` in the agent image, and
+`vncsess.protocol` on the host (src/vncsess/protocol.py is a symlink to this file). Standard
+library only, Python 3.11: it runs on both sides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+STATUS_FILE = "status.json"  # rewritten as the run goes
+RESULT_FILE = "result.json"  # written once, when the run ends
+EVENTS_FILE = "events.jsonl"  # appended, never rewritten: one JSON line per event
+
+# events.jsonl: each line {"seq": N, "type": T, "at": ISO 8601 UTC, ...fields}, written with
+# one append, so a reader sees whole lines (it leaves a last line without its newline for
+# later). It is what `vncsess serve` streams from, also after a restart of serve.
+#   agent.step      step, url, goal (the model's next_goal), actions
+#   agent.paused    SIGUSR1: someone took control
+#   agent.resumed   SIGUSR2: handed back
+#   agent.finished  result (the result.json object)
+AGENT_EVENTS = ("agent.step", "agent.paused", "agent.resumed", "agent.finished")
+
+# The agent's state in status.json.
+STARTING, IDLE, RUNNING, PAUSED, DONE, FAILED = (
+    "starting",
+    "idle",
+    "running",
+    "paused",
+    "done",
+    "failed",
+)
+AGENT_STATES = (STARTING, IDLE, RUNNING, PAUSED, DONE, FAILED)
+
+# A result's status.
+SUCCEEDED, CANCELLED = "succeeded", "cancelled"
+RESULT_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
+
+
+@dataclass(frozen=True)
+class Result:
+    """result.json: how the task ended."""
+
+    status: str  # RESULT_STATUSES
+    success: bool
+    final_text: str | None
+    steps: int  # model steps taken
+    urls: list[str]  # pages the browser opened, in order
+    errors: list[str]
+    llm: str
+    started_at: str | None  # ISO 8601, UTC
+    finished_at: str | None
+    duration_s: float | None
+    first_navigation_s: float | None  # runner start to the first page load
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        """Lenient: a result written by an older runner still reads."""
+        return cls(
+            status=str(d.get("status", FAILED)),
+            success=bool(d.get("success", False)),
+            final_text=d.get("final_text"),
+            steps=int(d.get("steps") or 0),
+            urls=[str(u) for u in d.get("urls") or []],
+            errors=[str(e) for e in d.get("errors") or []],
+            llm=str(d.get("llm", "")),
+            started_at=d.get("started_at"),
+            finished_at=d.get("finished_at"),
+            duration_s=d.get("duration_s"),
+            first_navigation_s=d.get("first_navigation_s"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Status:
+    """status.json: what the agent is doing now."""
+
+    state: str  # AGENT_STATES
+    step: int
+    url: str | None
+    updated_at: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Status:
+        return cls(
+            state=str(d.get("state", STARTING)),
+            step=int(d.get("step") or 0),
+            url=d.get("url"),
+            updated_at=str(d.get("updated_at", "")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
