@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The images the tests run, as vncsess itself picks them (a work tree that changes an image
+# builds it under its own tag, so it does not rebuild the images another tree is testing).
+VNC_IMAGE = os.environ.get("VNCSESS_VNC_IMAGE") or "vncsess-vnc"
+AGENT_IMAGE = os.environ.get("VNCSESS_AGENT_IMAGE") or "vncsess-agent"
+# Every session this test run starts carries this owner label, which sets them apart from a
+# user's sessions (and another run's) on the same engine; the end-of-run sweep uses it.
+RUN_OWNER = f"test-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,14 +42,30 @@ def _docker_problem() -> str:
     r = subprocess.run(["docker", "version"], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         return "the Docker daemon does not answer"
-    r = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+    r = subprocess.run(
+        ["docker", "compose", "version"], capture_output=True, text=True, check=False
+    )
     if r.returncode != 0:
         return "docker compose v2 is missing (run `make setup`)"
-    for image in ("vncsess-vnc", "vncsess-agent"):
-        r = subprocess.run(["docker", "image", "inspect", image], capture_output=True, check=False)
+    for image in (VNC_IMAGE, AGENT_IMAGE):
+        r = subprocess.run(
+            ["docker", "image", "inspect", image], capture_output=True, text=True, check=False
+        )
         if r.returncode != 0:
             return f"image {image} is missing (run `make images`)"
     return ""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Live-cluster tests run only where a cluster is configured. Unlike Docker's, their
+    skip is not turned into a failure in CI: no cluster can be had on these machines, and
+    these tests are not counted as proof of anything when skipped."""
+    if os.environ.get("KUBECONFIG"):
+        return
+    skip = pytest.mark.skip(reason="no KUBECONFIG: live Kubernetes tests not run")
+    for item in items:
+        if item.get_closest_marker("k8s"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -52,10 +76,35 @@ def docker_ready(request: pytest.FixtureRequest) -> Iterator[None]:
             pytest.fail(f"Docker test cannot run: {problem}", pytrace=False)
         pytest.skip(problem)
     yield
+    _sweep()
     # vncsess creates one shared display network on first use and keeps it. The tests
     # leave the engine as they found it: remove it if no session (ours or a user's) uses it
     # (docker refuses while a container is attached, which is the check).
     subprocess.run(["docker", "network", "rm", "vncsess-display"], capture_output=True, check=False)
+
+
+def _sweep() -> None:
+    """Remove whatever this run left: sessions a crashed test never stopped (found by the
+    run's owner label, whatever VNCSESS_HOME they used) and helper containers."""
+    ps = ["docker", "ps", "-a", "--filter", f"label=vncsess.owner={RUN_OWNER}"]
+    ids = subprocess.run(
+        [*ps, "--format", '{{.Label "vncsess.session"}}'],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if ids:
+        print(f"\nsweeping sessions a test left behind: {sorted(set(ids))}")
+        subprocess.run(
+            [sys.executable, "-m", "vncsess", "stop", *sorted(set(ids))],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    helpers = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=vncsess.test-helper={RUN_OWNER}"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()  # fmt: skip
+    if helpers:
+        subprocess.run(["docker", "rm", "-f", *helpers], capture_output=True, check=False)
 
 
 @dataclass
@@ -69,7 +118,14 @@ class Cli:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({"VNCSESS_HOME": str(self.home), "COLUMNS": "200", "NO_COLOR": "1"})
+        env.update(
+            {
+                "VNCSESS_HOME": str(self.home),
+                "VNCSESS_OWNER": RUN_OWNER,
+                "COLUMNS": "200",
+                "NO_COLOR": "1",
+            }
+        )
         env.update(self.env_extra)
         env.update(extra)
         return env
@@ -77,6 +133,18 @@ class Cli:
     def run(
         self, *args: str, timeout: float = 300, input: str | None = None, **env: str
     ) -> subprocess.CompletedProcess[str]:
+        """`vncsess ARGS`; keyword arguments are environment variables (`VNCSESS_X="1"`)."""
+        return self.run_with(args, env, timeout=timeout, input=input)
+
+    def run_with(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        timeout: float = 300,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """`vncsess ARGS` with ENV added to the environment (a mapping, for a test that
+        has one: `run(**mapping)` could hide `timeout` in it, so mypy refuses that)."""
         proc = subprocess.run(
             [sys.executable, "-m", "vncsess", *args],
             capture_output=True,
@@ -98,7 +166,7 @@ class Cli:
             self.started.add(data["session_id"])
 
     def up(self, *args: str, **env: str) -> dict[str, Any]:
-        proc = self.run("up", "--json", *args, **env)
+        proc = self.run_with(["up", "--json", *args], env)
         assert proc.returncode == 0, f"up failed ({proc.returncode}): {proc.stderr}"
         data: dict[str, Any] = json.loads(proc.stdout)
         return data
@@ -120,9 +188,24 @@ def cli(docker_ready: None, tmp_path: Path, request: pytest.FixtureRequest) -> I
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
         for sid in sorted(c.started):
-            logs = c.run("logs", sid, "--tail", "40")
-            print(f"--- logs of {sid} ---\n{logs.stdout}{logs.stderr}")
+            print(_diagnose(c, sid))
     c.cleanup()
+
+
+def _diagnose(c: Cli, sid: str) -> str:
+    """What a failed test's session looked like: each container's state as Docker saw it,
+    and the last log lines (printed by pytest under the failure)."""
+    out = [f"--- session {sid} ---"]
+    for svc in ("vnc", "agent"):
+        r = subprocess.run(
+            ["docker", "inspect", "--format",
+             "{{json .State}} {{json .HostConfig.RestartPolicy}}", f"vncsess-{sid}-{svc}-1"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        out.append(f"docker inspect {svc}: {(r.stdout or r.stderr).strip()}")
+    logs = c.run("logs", sid, "--tail", "40")
+    out.append(f"logs:\n{logs.stdout}{logs.stderr}")
+    return "\n".join(out)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -165,9 +248,10 @@ def scripted_llm(cli: Cli) -> Iterator[Callable[..., dict[str, Any]]]:
         name = f"vncsess-test-llm-{session_id}"
         subprocess.run(
             ["docker", "run", "-d", "--name", name, "--network", f"vncsess-{session_id}_agent",
+             "--label", f"vncsess.test-helper={RUN_OWNER}",
              "--network-alias", "llm", "--read-only", "--cap-drop", "ALL",
              "-v", f"{ROOT / 'tests' / 'fixtures'}:/fixtures:ro",
-             "--entrypoint", "/opt/venv/bin/python", "vncsess-agent",
+             "--entrypoint", "/opt/venv/bin/python", AGENT_IMAGE,
              "/fixtures/scripted_openai_server.py", "8000", mode],
             check=True, capture_output=True,
         )  # fmt: skip
@@ -188,3 +272,24 @@ def scripted_llm(cli: Cli) -> Iterator[Callable[..., dict[str, Any]]]:
     yield start  # type: ignore[misc]
     for name in started:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+
+
+CHROMIUM = os.environ.get("VNCSESS_TEST_CHROMIUM") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright, headless (no browser can be downloaded here:
+    `make test` installs Debian's `chromium`). One browser for the run; tests open their
+    own contexts."""
+    if not Path(CHROMIUM).exists():
+        problem = f"no Chromium at {CHROMIUM} (`make browser` installs Debian's)"
+        if request.config.getoption("--no-runtime-skip"):
+            pytest.fail(f"browser test cannot run: {problem}", pytrace=False)
+        pytest.skip(problem)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,14 @@ from tests.conftest import LLM_FLAGS, Cli, project_leftovers
 
 pytestmark = pytest.mark.docker
 
-FAST = {"VNCSESS_DEMO_STEP_DELAY": "0"}
+FAST = "0"  # VNCSESS_DEMO_STEP_DELAY: the demo model without its pauses
 
 
 def test_demo_model_completes_its_task(cli: Cli) -> None:
-    proc = cli.run("up", "--task", "demo", "--wait", "--json", "--timeout", "120", **FAST)
+    proc = cli.run(
+        "up", "--task", "demo", "--wait", "--json", "--timeout", "120",
+        VNCSESS_DEMO_STEP_DELAY=FAST,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     cli.started.add(out["session_id"])
@@ -39,7 +44,7 @@ def test_demo_model_completes_its_task(cli: Cli) -> None:
 
 
 def test_wait_prints_the_result_and_exits_0(cli: Cli) -> None:
-    s = cli.up("--task", "demo", **FAST)
+    s = cli.up("--task", "demo", VNCSESS_DEMO_STEP_DELAY=FAST)
     assert s["llm"] == "demo"
     proc = cli.run("wait", s["session_id"], "--timeout", "120")
     assert proc.returncode == 0, proc.stderr
@@ -50,10 +55,52 @@ def test_wait_prints_the_result_and_exits_0(cli: Cli) -> None:
 def test_without_a_task_the_browser_idles(cli: Cli) -> None:
     s = cli.up()
     status = Path(s["data_dir"]) / "agent" / "status.json"
-    assert json.loads(status.read_text())["state"] in ("starting", "idle")
+    state, deadline = "", time.monotonic() + 30
+    while state != "idle" and time.monotonic() < deadline:  # "starting" is not idle yet
+        state = json.loads(status.read_text())["state"] if status.exists() else ""
+        time.sleep(0.2)
+    assert state == "idle"
     timeout = cli.run("wait", s["session_id"], "--timeout", "2")
     assert timeout.returncode == 5
     assert "no result" in timeout.stderr
+
+
+def _browser_pid(container: str) -> int:
+    """The pid of the browser process browser-use launched (the one with a CDP port)."""
+    ps = subprocess.run(
+        ["docker", "exec", container, "ps", "-eo", "pid=,args="],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    pids = [
+        int(line.split()[0])
+        for line in ps.splitlines()
+        if line.split()[1].endswith("/chromium")
+        and "--remote-debugging-port" in line
+        and "--type=" not in line  # its helpers (renderers) inherit the flag
+    ]
+    assert len(pids) == 1, ps
+    return pids[0]
+
+
+def test_a_browser_crash_mid_task_fails_the_result_and_says_how(cli: Cli) -> None:
+    s = cli.up("--task", "demo", VNCSESS_DEMO_STEP_DELAY="3")
+    sid = s["session_id"]
+    status = Path(s["data_dir"]) / "agent" / "status.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until the browser is at work on the task
+        st = json.loads(status.read_text()) if status.exists() else {}
+        if st.get("state") == "running" and st.get("url"):
+            break
+        time.sleep(0.1)
+    agent = f"vncsess-{sid}-agent-1"
+    subprocess.run(["docker", "exec", agent, "kill", "-KILL", str(_browser_pid(agent))], check=True)
+    proc = cli.run("wait", sid, "--timeout", "60", "--json")
+    assert proc.returncode == 1, proc.stderr
+    res = json.loads(proc.stdout)["result"]
+    assert res["status"] == "failed" and res["success"] is False
+    assert res["errors"][0] == "the browser (Chromium) died: killed by signal SIGKILL", res
+    human = cli.run("result", sid)
+    assert "the browser (Chromium) died: killed by signal SIGKILL" in human.stderr + human.stdout
 
 
 def _task_session(cli: Cli, task: str, *extra: str) -> dict[str, Any]:
@@ -86,7 +133,11 @@ def test_chatopenai_path_against_a_scripted_server(
 
 @pytest.mark.parametrize(
     ("mode", "error_words"),
-    [("garbage", ""), ("unauthorized", "401"), ("http500", "500")],
+    [
+        ("garbage", "consecutive failed steps"),
+        ("unauthorized", "401"),
+        ("http500", "500"),
+    ],
 )
 def test_a_broken_model_gives_a_failed_result(
     cli: Cli,

@@ -16,11 +16,10 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from tests.conftest import Cli, project_leftovers
+from tests.conftest import VNC_IMAGE, Cli, project_leftovers
 
 pytestmark = pytest.mark.docker
 
-VNC_IMAGE = "vncsess-vnc"
 # Frames are compared as 160x90 grey images: mean absolute difference per pixel (0-255).
 SMALL_W, SMALL_H = 160, 90
 CHANGED = 1.5  # a window jumping to another place gives 20-35; a still screen stays < 0.2

@@ -3,10 +3,12 @@ view-only, hardened containers, isolation between sessions, --no-internet, no ke
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import ipaddress
 import json
 import secrets
+import socket
 import subprocess
 import threading
 import time
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LLM_FLAGS, Cli, docker_json
+from tests.conftest import AGENT_IMAGE, LLM_FLAGS, VNC_IMAGE, Cli, docker_json
 from vncsess.rfb import SEC_VNC, AuthFailed, RfbClient
 
 pytestmark = pytest.mark.docker
@@ -139,9 +141,9 @@ def test_containers_are_hardened(cli: Cli) -> None:
     assert tcp.returncode != 0, "X answers on TCP port 6099"
 
 
-def _ip(container: str) -> str:
+def _ip(container: str, network: str | None = None) -> str:
     nets = docker_json("inspect", container)[0]["NetworkSettings"]["Networks"]
-    return next(iter(nets.values()))["IPAddress"]
+    return str((nets[network] if network else next(iter(nets.values())))["IPAddress"])
 
 
 _CONNECT = """
@@ -159,24 +161,89 @@ def _can_connect(container: str, host: str, port: int) -> bool:
     return out.startswith("open")
 
 
+def _host_can_connect(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex((host, port)) == 0
+
+
+# A listener on every interface of a container, so "cannot connect" means the network
+# refused, not that nothing listened (x11vnc and the runner's pages listen on loopback only).
+_LISTEN = "import socket; s = socket.socket(); s.bind(('0.0.0.0', 7777)); s.listen(); input()"
+
+# The X11 connection setup, read as far as the first screen's size: which display a socket
+# leads to, and whether a cookie opens it. argv: socket path, cookie as hex.
+_X_SCREEN = r"""
+import socket, struct, sys
+name, data = b"MIT-MAGIC-COOKIE-1", bytes.fromhex(sys.argv[2])
+pad = lambda b: b + b"\0" * (-len(b) % 4)
+s = socket.socket(socket.AF_UNIX); s.settimeout(3); s.connect(sys.argv[1])
+s.sendall(struct.pack("<cxHHHHxx", b"l", 11, 0, len(name), len(data)) + pad(name) + pad(data))
+head = s.recv(8, socket.MSG_WAITALL)
+if head[0] != 1:
+    print("refused"); sys.exit()
+body = s.recv(struct.unpack("<H", head[6:8])[0] * 4, socket.MSG_WAITALL)
+vendor, formats = struct.unpack("<H", body[16:18])[0], body[21]
+screen = 32 + vendor + (-vendor % 4) + 8 * formats
+print(*struct.unpack("<HH", body[screen + 20 : screen + 24]))
+"""
+
+
+def _cookie(s: dict[str, Any]) -> str:
+    return (Path(s["data_dir"]) / "secrets" / "xauth").read_bytes()[-16:].hex()
+
+
 def test_one_session_cannot_reach_another(cli: Cli) -> None:
-    a, b = cli.up(), cli.up()
-    agent_a = f"vncsess-{a['session_id']}-agent-1"
+    a, b = cli.up("--resolution", "1024x600"), cli.up("--resolution", "800x600")
+    agent_a, vnc_a = (f"vncsess-{a['session_id']}-{svc}-1" for svc in ("agent", "vnc"))
     vnc_b, agent_b = (f"vncsess-{b['session_id']}-{svc}-1" for svc in ("vnc", "agent"))
-    assert _exec(agent_a, "ls", "/tmp/.X11-unix").stdout.split() == ["X99"]
-    for target in (vnc_b, agent_b):
-        for port in (6080, 5900, 8765):
-            assert not _can_connect(agent_a, _ip(target), port), (target, port)
-    # The vnc containers share one display network, with inter-container traffic off.
-    vnc_a = f"vncsess-{a['session_id']}-vnc-1"
-    net = docker_json("inspect", vnc_a)[0]["NetworkSettings"]["Networks"]
-    assert set(net) == {"vncsess-display"}
-    assert not _can_connect(vnc_a, _ip(vnc_b), 6080)
-    assert not _can_connect(vnc_a, _ip(vnc_b), 5900)
-    # Not even its own display's network ports: only the X socket is shared.
-    assert not _can_connect(agent_a, _ip(f"vncsess-{a['session_id']}-vnc-1"), 6080)
-    # B's display with A's cookie from A's container: B's socket is simply not there.
-    assert _exec(agent_a, "test", "-S", "/tmp/.X11-unix/X99").returncode == 0
+    listeners = [
+        subprocess.Popen(
+            ["docker", "exec", "-i", c, "python3", "-c", _LISTEN], stdin=subprocess.PIPE
+        )
+        for c in (vnc_b, agent_b)
+    ]
+    try:
+        time.sleep(1)
+        # Controls: each listener is reachable over its own network, so a refusal below is
+        # the isolation's doing. B's agent network, from a container attached to it:
+        net_b = f"vncsess-{b['session_id']}_agent"
+        probe = subprocess.run(
+            ["docker", "run", "--rm", "--network", net_b, "--entrypoint", "python3",
+             AGENT_IMAGE, "-c", _CONNECT, _ip(agent_b, net_b), "7777"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert probe.startswith("open"), probe
+        # ...and B's display container, from this host through the display bridge.
+        assert _host_can_connect(_ip(vnc_b), 7777) and _host_can_connect(_ip(vnc_b), 6080)
+
+        for target in (vnc_b, agent_b):
+            for port in (7777, 6080):
+                assert not _can_connect(agent_a, _ip(target), port), (target, port)
+        # The vnc containers share one display network, with inter-container traffic off.
+        net = docker_json("inspect", vnc_a)[0]["NetworkSettings"]["Networks"]
+        assert set(net) == {"vncsess-display"}
+        assert not _can_connect(vnc_a, _ip(vnc_b), 7777)
+        assert not _can_connect(vnc_a, _ip(vnc_b), 6080)
+        # Not even its own display's network ports: only the X socket (and IPC) is shared.
+        assert _host_can_connect(_ip(vnc_a), 6080)
+        assert not _can_connect(agent_a, _ip(vnc_a), 6080)
+    finally:
+        for proc in listeners:
+            proc.kill()
+            proc.wait()
+
+    # A's agent sees one X socket, and it leads to A's display (A's size), which A's cookie
+    # opens and B's does not.
+    assert _exec(agent_a, "ls", "-A", "/tmp/.X11-unix").stdout.split() == ["X99"]
+    sock = "/tmp/.X11-unix/X99"
+    assert _exec(agent_a, "python3", "-c", _X_SCREEN, sock, _cookie(a)).stdout.split() == [
+        "1024",
+        "600",
+    ]
+    assert _exec(agent_a, "python3", "-c", _X_SCREEN, sock, _cookie(b)).stdout.strip() == (
+        "refused"
+    )
 
 
 @pytest.fixture
@@ -219,7 +286,7 @@ def test_no_internet_confines_the_browser(
         task = f"Open http://{outside}:{port}/from-{label} then press the reveal button."
         s = cli.up("--task", task, *LLM_FLAGS, "--max-steps", "6", *extra)
         runs[label] = (s, scripted_llm(s["session_id"]))
-    results = {}
+    results: dict[str, Any] = {}
     for label, (s, _) in runs.items():
         proc = cli.run("wait", s["session_id"], "--timeout", "150", "--json")
         results[label] = json.loads(proc.stdout)["result"] if proc.stdout else proc.stderr
@@ -261,20 +328,163 @@ def test_a_planted_key_appears_nowhere(cli: Cli, tmp_path: Path) -> None:
     data = Path(s["data_dir"])
     for f in ("compose.yml", "session.env", "agent/result.json", "agent/status.json"):
         places[f] = (data / f).read_text()
-    for image in ("vncsess-vnc", "vncsess-agent"):
+    for image in (VNC_IMAGE, AGENT_IMAGE):
         places[f"image {image}"] = json.dumps(docker_json("image", "inspect", image))
     leaks = [where for where, text in places.items() if key in text]
     assert not leaks, f"the key leaked into: {leaks}"
     # The agent did get the key (as a secret file), or the test proves nothing.
     agent = f"vncsess-{sid}-agent-1"
     assert key in _exec(agent, "cat", "/run/secrets/llm_env").stdout
-    assert key not in _exec(agent, "cat", "/proc/1/environ").stdout
     cli.run("stop", sid)
     cli.started.discard(sid)
     found = subprocess.run(
         ["grep", "-rl", key, str(data)], capture_output=True, text=True, check=False
     )
     assert found.stdout == "", "the key stayed in the data dir after stop"
+
+
+# Every process in a container, as its own uid sees it: does its environment hold the key, and
+# does its memory? /proc/PID/environ alone cannot tell for Chromium, which writes its process
+# title over its environment block (a renderer's environ file holds the end of its title), so
+# the writable memory is searched too. A control string that every process inherits (from the
+# container's environment) must be found in each memory, or the search proves nothing. Input
+# (key, control) comes on stdin, so it is in no command line; the output says per process what
+# was found, never the environment itself.
+_PROCESS_SCAN = r"""
+import json, os, sys
+want = json.load(sys.stdin)
+key, control = want["key"].encode(), want["control"].encode()
+
+def search(pid, needles):
+    found, tail = set(), b""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            f = line.split()
+            if not f[1].startswith("rw") or (len(f) > 5 and f[5].startswith("/")):
+                continue  # writable and not a file: heap, stack, anonymous (the environ copies)
+            start, end = (int(x, 16) for x in f[0].split("-"))
+            tail = b""
+            for at in range(start, end, 8 << 20):
+                try:
+                    mem.seek(at)
+                    chunk = tail + mem.read(min(8 << 20, end - at))
+                except OSError:
+                    break
+                found |= {n for n in needles if n in chunk}
+                tail = chunk[-256:]
+    return found
+
+seen = []
+for pid in sorted(filter(str.isdigit, os.listdir("/proc")), key=int):
+    if int(pid) == os.getpid():
+        continue
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = f.read().replace(b"\0", b" ").decode(errors="replace")
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+        memory = search(pid, (key, control))
+    except (FileNotFoundError, ProcessLookupError):
+        continue  # it ended while we looked
+    except OSError as e:
+        seen.append({"pid": int(pid), "unreadable": str(e)})
+        continue
+    seen.append({"pid": int(pid), "command": command[:120], "environ": key in environ,
+                 "memory": key in memory, "control": control in memory})
+print(json.dumps(seen))
+"""
+
+
+def _process_scan(container: str, key: str, control: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["docker", "exec", "-i", container, "python3", "-c", _PROCESS_SCAN],
+        input=json.dumps({"key": key, "control": control}),
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    procs: list[dict[str, Any]] = json.loads(out)
+    assert not [p for p in procs if "unreadable" in p], f"the scan is blind to some: {procs}"
+    # The search finds an inherited variable in every process's memory: it would find a key.
+    assert all(p["control"] for p in procs), procs
+    return procs
+
+
+def _kind(p: dict[str, Any]) -> str:
+    """The runner, tini, or Chromium's browser / renderer / other helper process."""
+    command = str(p["command"])
+    if "-m vncsess_agent" in command:
+        return "tini" if command.startswith("/usr/bin/tini") else "runner"
+    if command.startswith("/usr/lib/chromium/chromium"):
+        if "--type=" not in command:
+            return "chromium browser"
+        return "chromium renderer" if "--type=renderer" in command else "chromium helper"
+    return command.split(" ", 1)[0]
+
+
+def _leaks(procs: list[dict[str, Any]]) -> list[str]:
+    """Where the key is, beyond the runner's own memory."""
+    return [
+        f"{_kind(p)} (pid {p['pid']}) {where}"
+        for p in procs
+        for where in ("environ", "memory")
+        if p[where] and not (where == "memory" and _kind(p) == "runner")
+    ]
+
+
+def _state(s: dict[str, Any]) -> str:
+    path = Path(s["data_dir"]) / "agent" / "status.json"
+    try:
+        return str(json.loads(path.read_text())["state"])
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def test_the_key_is_in_the_runner_only(
+    cli: Cli, scripted_llm: Callable[..., Callable[[], dict[str, Any]]], tmp_path: Path
+) -> None:
+    """The runner holds the model key in its memory and uses it; no other process in the
+    agent container (Chromium runs without its sandbox) has it in its environment or its
+    memory, and neither does the runner's environment: while the agent works, after it
+    finished, and in an idle session, whose Chromium the runner launches itself."""
+    key = "sk-planted-" + secrets.token_hex(12)
+    env_file = tmp_path / "keys.env"
+    env_file.write_text(f"OPENAI_API_KEY={key}\n")
+    task = "Open the test page, press the reveal button and report what it reveals."
+    busy = cli.up("--task", task, *LLM_FLAGS, "--env-file", str(env_file))
+    idle = cli.up("--env-file", str(env_file))
+    calls = scripted_llm(busy["session_id"])
+    agent = f"vncsess-{busy['session_id']}-agent-1"
+    control = f"SESSION_ID={busy['session_id']}"
+    scans: list[tuple[str, list[dict[str, Any]]]] = []
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        state = _state(busy)
+        scans.append((state, _process_scan(agent, key, control)))
+        if state in ("done", "failed"):
+            break
+    assert scans[-1][0] == "done", scans[-1]
+    for state, procs in scans:
+        assert not _leaks(procs), (state, _leaks(procs))
+        runner = [p for p in procs if _kind(p) == "runner"]
+        assert runner and runner[0]["memory"], (
+            f"the scan did not find the key in the runner: {procs}"
+        )
+    # The scans saw the processes that matter, while the agent worked and after.
+    wanted = {"runner", "chromium browser", "chromium renderer"}
+    assert any(wanted <= {_kind(p) for p in procs} for state, procs in scans if state == "running")
+    assert wanted <= {_kind(p) for p in scans[-1][1]}
+    # The model was called with the key: the runner had it to give.
+    assert {r["key_sha256"] for r in calls()["requests"]} == {
+        hashlib.sha256(key.encode()).hexdigest()
+    }
+    deadline = time.monotonic() + 60
+    while _state(idle) != "idle" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    idle_scan = _process_scan(
+        f"vncsess-{idle['session_id']}-agent-1", key, f"SESSION_ID={idle['session_id']}"
+    )
+    assert {"runner", "chromium browser"} <= {_kind(p) for p in idle_scan}, idle_scan
+    assert not _leaks(idle_scan), _leaks(idle_scan)
+    assert [p["memory"] for p in idle_scan if _kind(p) == "runner"] == [True]
 
 
 def test_control_pauses_the_agent_until_resume(cli: Cli) -> None:

@@ -4,6 +4,7 @@ and every bad input `up` can meet."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, docker_json, project_leftovers
+from tests.conftest import RUN_OWNER, Cli, _diagnose, _sweep, docker_json, project_leftovers
 from vncsess.rfb import RfbClient
 
 pytestmark = pytest.mark.docker
@@ -86,20 +87,20 @@ def test_ls_reads_docker_not_the_data_dir(cli: Cli, tmp_path: Path) -> None:
 
 def test_sessions_are_isolated(cli: Cli) -> None:
     a, b = cli.up(), cli.up()
-    mounts = {}
+    volumes: dict[tuple[str, str], str] = {}
+    networks: dict[tuple[str, str], set[str]] = {}
     for s in (a, b):
         for svc in ("vnc", "agent"):
             info = docker_json("inspect", f"vncsess-{s['session_id']}-{svc}-1")[0]
             x11 = [m for m in info["Mounts"] if m["Destination"] == "/tmp/.X11-unix"]
             assert len(x11) == 1 and x11[0]["Type"] == "volume"
-            mounts[s["session_id"], svc] = x11[0]["Name"]
-            nets = set(info["NetworkSettings"]["Networks"])
-            mounts[s["session_id"], svc + "-nets"] = nets  # type: ignore[assignment]
+            volumes[s["session_id"], svc] = x11[0]["Name"]
+            networks[s["session_id"], svc] = set(info["NetworkSettings"]["Networks"])
     for s in (a, b):
         sid = s["session_id"]
-        assert mounts[sid, "vnc"] == mounts[sid, "agent"], "the pair shares its socket volume"
-        assert not mounts[sid, "vnc-nets"] & mounts[sid, "agent-nets"], "and no network"  # type: ignore[operator]
-    assert mounts[a["session_id"], "vnc"] != mounts[b["session_id"], "vnc"]
+        assert volumes[sid, "vnc"] == volumes[sid, "agent"], "the pair shares its socket volume"
+        assert not networks[sid, "vnc"] & networks[sid, "agent"], "and no network"
+    assert volumes[a["session_id"], "vnc"] != volumes[b["session_id"], "vnc"]
 
     # Each agent container sees one display socket: its own session's.
     inodes = {}
@@ -167,17 +168,50 @@ def test_chosen_port_is_used(cli: Cli) -> None:
         (["up", "--resolution", "100x"], {}, 2, "malformed resolution"),
         (["ls"], {"DOCKER_HOST": "unix:///nonexistent.sock"}, 3, "Docker is not running"),
         (["ls"], {"PATH": "/nonexistent"}, 3, "Docker is not installed"),
-        (["up"], {"DOCKER_CONFIG": "/nonexistent-docker-config"}, 3, "Compose v2"),
     ],
 )
 def test_bad_environment_and_input(
     cli: Cli, args: list[str], env: dict[str, str], code: int, message: str
 ) -> None:
-    proc = cli.run(*args, **env)
+    proc = cli.run_with(args, env)
     assert proc.returncode == code, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 2  # one line, and a hint
+
+
+# Where the docker CLI looks for system-wide plugins (besides $DOCKER_CONFIG/cli-plugins).
+PLUGIN_DIRS = (
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+)
+
+
+def test_compose_missing_is_one_clear_error(cli: Cli, tmp_path: Path) -> None:
+    """Compose v2 hidden wherever it is installed: per user (DOCKER_CONFIG), and system-wide
+    (an empty directory mounted over each plugin directory, in a mount namespace of this
+    command alone)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    hide = [d for d in PLUGIN_DIRS if Path(d).is_dir()]
+    mounts = "".join(f"mount --bind {empty} {d} && " for d in hide)
+    cmd = [sys.executable, "-m", "vncsess", "up"]
+    if hide:
+        assert os.geteuid() == 0, f"hiding {hide} needs root (CI runs as root)"
+        cmd = ["unshare", "--mount", "--", "sh", "-c", mounts + 'exec "$@"', "sh", *cmd]
+    env = cli.env(DOCKER_CONFIG=str(tmp_path / "docker-config"))
+    check = subprocess.run(
+        ["sh", "-c", mounts + "docker compose version"] if not hide else
+        ["unshare", "--mount", "--", "sh", "-c", mounts + "docker compose version"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert check.returncode != 0, "compose is still visible: the test would prove nothing"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert "Compose v2" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 2  # the error and its hint
 
 
 def test_failed_up_leaves_nothing_behind(cli: Cli) -> None:
@@ -191,17 +225,18 @@ def test_failed_up_leaves_nothing_behind(cli: Cli) -> None:
 
 
 def test_build_failure_is_one_line(cli: Cli, tmp_path: Path) -> None:
-    from vncsess import docker
+    from vncsess.engines import docker
     from vncsess.errors import BuildFailed
 
     (tmp_path / "Dockerfile").write_text("FROM debian:bookworm-slim\nRUN exit 3\n")
     with pytest.raises(BuildFailed) as exc:
         list(docker.build(tmp_path, "vncsess-test-broken", {}))
-    assert "building vncsess-test-broken failed" in exc.value.message
+    assert exc.value.message.startswith("building vncsess-test-broken failed: ")
+    assert "\n" not in exc.value.message and exc.value.hint
 
 
 def test_ttl_ends_the_session_and_prune_removes_it(cli: Cli) -> None:
-    s = cli.up("--ttl", "3s", "--record")
+    s = cli.up("--ttl", "10s", "--record")
     sid = s["session_id"]
     assert s["expires_at"]
     deadline = time.monotonic() + 30
@@ -217,7 +252,128 @@ def test_ttl_ends_the_session_and_prune_removes_it(cli: Cli) -> None:
     assert json.loads(res.stdout)["result"]["status"] == "cancelled"
     recs = list((Path(s["data_dir"]) / "recordings").glob("*.mp4"))
     assert recs and not any(r.name.endswith(".partial.mp4") for r in recs)
-    assert cli.json("prune") == {"stopped": [sid]}
+    # prune is engine-wide, as `docker container prune` is: it also takes sessions that
+    # ended elsewhere on this engine (another run's), but ours must be among them, and no
+    # live session of this run may be.
+    live = {x["session_id"] for x in cli.json("ls") if x["status"] not in ("exited", "expired")}
+    pruned = cli.json("prune")["stopped"]
+    assert sid in pruned
+    assert not live & set(pruned)
     cli.started.discard(sid)
     assert project_leftovers(sid) == []
     assert Path(s["data_dir"]).is_dir()
+
+
+def test_stop_acts_on_every_id_it_finds_and_reports_the_rest(cli: Cli) -> None:
+    """Like `docker rm nosuch real`: the real session goes, the missing one is reported,
+    and the exit code says something was missing."""
+    s = cli.up()
+    sid = s["session_id"]
+    proc = cli.run("stop", "nosuch", sid)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stdout.split() == [sid]
+    assert "no session 'nosuch'" in proc.stderr and "Traceback" not in proc.stderr
+    cli.started.discard(sid)
+    assert project_leftovers(sid) == []
+
+
+def test_a_name_belongs_to_one_live_session(cli: Cli) -> None:
+    first = cli.up("--name", "only-one")
+    proc = cli.run("up", "--name", "only-one", "--json")
+    assert proc.returncode == 7, proc.stderr
+    assert f"in use by session {first['session_id']}" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 2  # the error and its hint
+    named = [x["session_id"] for x in cli.json("ls") if x["name"] == "only-one"]
+    assert named == [first["session_id"]], "nothing was started"
+    assert sorted(p.name for p in (cli.home / "sessions").iterdir()) == [first["session_id"]]
+    assert cli.json("inspect", "only-one")["session_id"] == first["session_id"]
+
+
+def test_the_run_owner_sets_test_sessions_apart_and_the_sweep_removes_strays(cli: Cli) -> None:
+    """The harness itself: a session a test started without --json (the fixture never saw
+    it, as a crashed test leaves it) carries this run's owner label, a failed test's report
+    shows its containers' state and logs, and the end-of-run sweep removes it."""
+    proc = cli.run("up")
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"session ([0-9a-f]{8})", proc.stderr)
+    assert match, proc.stderr
+    sid = match.group(1)
+    assert sid not in cli.started, "the fixture must not know it, or this proves nothing"
+    try:
+        assert {s["session_id"]: s["owner"] for s in cli.json("ls")}[sid] == RUN_OWNER
+        labels = docker_json("inspect", f"vncsess-{sid}-agent-1")[0]["Config"]["Labels"]
+        assert labels["vncsess.owner"] == RUN_OWNER
+        report = _diagnose(cli, sid)
+        for svc in ("vnc", "agent"):
+            assert re.search(rf'docker inspect {svc}: \{{"Status":"running"', report), report
+        assert "vnc: ready after" in report, report  # the logs, too
+        _sweep()
+        assert project_leftovers(sid) == []
+    finally:
+        cli.started.add(sid)  # if anything above failed, the fixture removes it all the same
+
+
+def test_an_ended_session_gives_its_name_up(cli: Cli) -> None:
+    """As with `docker run --name`, but kinder: a session that ended by itself (here its
+    time limit) no longer holds its name, and the name then means the live one."""
+    # Long enough for `up` to see it start on a loaded machine (a session that expires
+    # before its display answers fails `up`), short enough not to wait long.
+    old = cli.up("--name", "reused", "--ttl", "8s")
+    deadline, status = time.monotonic() + 40, ""
+    while status != "expired" and time.monotonic() < deadline:
+        status = {x["session_id"]: x["status"] for x in cli.json("ls")}[old["session_id"]]
+        time.sleep(0.5)
+    assert status == "expired"
+    new = cli.up("--name", "reused")
+    assert new["session_id"] != old["session_id"]
+    assert cli.json("inspect", "reused")["session_id"] == new["session_id"]
+
+
+def test_first_ups_at_once_leave_one_display_network(docker_ready: None) -> None:
+    """Docker makes a second network of the same name when two creates race, and compose
+    then refuses every session ("multiple networks with name"): seen with ten first `up`s.
+    Here on a network name of the test's own, ten at once, three times."""
+    from vncsess.engines import docker
+
+    name = f"vncsess-test-display-{os.getpid()}"
+
+    def networks() -> list[str]:
+        return subprocess.run(
+            ["docker", "network", "ls", "-q", "--filter", f"name=^{name}$"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+
+    try:
+        for _ in range(3):
+            with ThreadPoolExecutor(max_workers=10) as pool:
+                list(pool.map(lambda _: docker.ensure_display_network(name), range(10)))
+            ids = networks()
+            assert len(ids) == 1, f"one network, not several: {ids}"
+            subprocess.run(["docker", "network", "rm", *ids], check=True, capture_output=True)
+    finally:
+        for left in networks():
+            subprocess.run(["docker", "network", "rm", left], capture_output=True, check=False)
+
+
+def test_an_up_on_an_engine_without_the_display_network_makes_it(cli: Cli) -> None:
+    """A fresh engine has no shared display network: the first `up` must make it, whatever
+    words this compose uses to say it is missing (CI's clean engine met "declared as
+    external, but could not be found", which the retry did not know, and refused them all)."""
+    gone = subprocess.run(
+        ["docker", "network", "rm", "vncsess-display"], capture_output=True, text=True, check=False
+    )
+    still_there = (
+        subprocess.run(
+            ["docker", "network", "inspect", "vncsess-display"], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+    if still_there:  # a session outside this run is attached: docker refused the rm
+        problem = f"the display network is in use by another session: {gone.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    s = cli.up()
+    assert s["status"] == "running"
+    with RfbClient("127.0.0.1", s["novnc_port"]) as rfb:
+        rfb.login(_secret(s["novnc_url"]))

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from vncsess import config, images, recordings, sessions
 from vncsess.cli import app
-from vncsess.datadir import DataDir, xauthority
-from vncsess.errors import BadInput, ExitCode
+from vncsess.datadir import DataDir, new_secrets, xauthority
+from vncsess.errors import BadInput, ExitCode, NotFound, VncsessError
 from vncsess.models import Session, novnc_url, redact_url
 
 runner = CliRunner()
@@ -106,16 +106,19 @@ def test_xauthority_file_format() -> None:
 
 def test_data_dir_secrets_are_private(tmp_path: Path) -> None:
     d = DataDir(tmp_path / "s1")
-    d.create("task ü 'x'", "OPENAI_API_KEY='k'\n", view_secret="v" * 8, control_secret="c" * 8)
+    d.create(new_secrets("task ü 'x'", "OPENAI_API_KEY='k'\n"))
     assert oct(d.path.stat().st_mode & 0o777) == "0o700"
     assert oct(d.secrets.stat().st_mode & 0o777) == "0o700"
     for f in d.secrets.iterdir():
         assert f.stat().st_mode & 0o077 == 0, f
-    assert d.vnc_secrets() == ("v" * 8, "c" * 8)
+    view, control = d.vnc_secrets()
+    assert len(view) == len(control) == 8 and view != control
     assert (d.path / "task.txt").read_text(encoding="utf-8") == "task ü 'x'"
     inode = (d.secrets / "vnc_passwd").stat().st_ino
-    new = d.rotate_control_secret()
-    assert d.vnc_secrets() == ("v" * 8, new) and new != "c" * 8
+    pushed = d.rotate_control_secret()
+    new = d.vnc_secrets()[1]
+    assert d.vnc_secrets() == (view, new) and new != control
+    assert pushed == (d.secrets / "vnc_passwd").read_bytes()
     assert (d.secrets / "vnc_passwd").stat().st_ino == inode, "rewritten in place"
     assert (d.secrets / "vnc_passwd").stat().st_mode & 0o777 == 0o400
     d.forget_secrets()
@@ -212,6 +215,9 @@ def test_cli_bad_input_is_one_line_with_exit_2(
     assert result.exit_code == ExitCode.BAD_INPUT, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("error: ") and len(lines) <= 2, lines  # the error, a hint
+    assert len(lines) == 1 or lines[1].startswith("hint: "), lines
 
 
 def test_cli_version_and_help() -> None:
@@ -248,14 +254,219 @@ def test_task_file_must_be_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     ],
 )
 def test_docker_failures_become_one_line_errors(stderr: str, kind: str, words: str) -> None:
-    from python_on_whales.exceptions import DockerException
-
-    from vncsess import docker
+    from vncsess.engines import docker
 
     err = docker._explain(stderr, 1, "doing x")
     assert type(err).__name__ == kind
-    # The same through python-on-whales, which compose commands go through.
-    err = docker._whales_error(DockerException(["docker", "x"], 1, b"", stderr.encode()), "x")
-    assert type(err).__name__ == kind
     assert words in err.message
     assert "\n" not in err.message
+
+
+def _session(sid: str, name: str = "", status: str = "running") -> Session:
+    return Session(
+        id=sid, name=name, status=status, created_at=datetime.now(UTC), resolution="800x600",
+        novnc_port=None, url_host="127.0.0.1", data_dir=Path("/nonexistent"), llm="demo",
+    )  # fmt: skip
+
+
+def test_a_reference_names_one_session_or_is_refused() -> None:
+    every = [
+        _session("ab12cd34", "job"),
+        _session("ab99ee00", "job", status="exited"),  # an ended one gave the name up
+        _session("ff001122", "other", status="expired"),
+    ]
+    assert sessions._match("job", every).id == "ab12cd34", "the live session owns the name"
+    assert sessions._match("ff", every).id == "ff001122"
+    assert sessions._match("other", every).id == "ff001122"
+    with pytest.raises(BadInput) as exc:
+        sessions._match("ab", every)
+    assert "ab12cd34" in exc.value.message and "ab99ee00" in exc.value.message
+    with pytest.raises(BadInput):  # two ended sessions of the same name
+        sessions._match("job", [_session("11111111", "job", "exited"), every[1]])
+    with pytest.raises(NotFound):
+        sessions._match("zz", every)
+
+
+def test_room_is_checked_by_many_creates_at_once(tmp_path: Path) -> None:
+    """`serve` runs many `up`s in one process: each check writes a probe of its own (one
+    probe name per process made one thread's unlink break another's check)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vncsess.datadir import check_room
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda _: check_room(tmp_path / "sessions"), range(400)))
+    assert list((tmp_path / "sessions").iterdir()) == []
+
+
+def test_a_container_removed_while_listing_is_gone_not_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`ls` (or a stop's lookup) while another stop removes containers: docker inspect
+    prints those it found and exits 1 for the vanished one; that is no failure."""
+    import subprocess
+
+    from vncsess import commands
+    from vncsess.engines import docker
+
+    def fake(argv: list[str], **_: object) -> subprocess.CompletedProcess[bytes]:
+        if argv[1:3] == ["container", "ls"]:
+            return subprocess.CompletedProcess(argv, 0, b"aaa\nbbb\n", b"")
+        found = b'[{"Id": "aaa", "Config": {"Labels": {"vncsess.session": "s1"}}}]'
+        return subprocess.CompletedProcess(argv, 1, found, b"Error: No such object: bbb\n")
+
+    monkeypatch.setattr(commands, "result", fake)
+    assert [c["Id"] for c in docker.session_containers()] == ["aaa"]
+
+    def broken(argv: list[str], **_: object) -> subprocess.CompletedProcess[bytes]:
+        if argv[1:3] == ["container", "ls"]:
+            return subprocess.CompletedProcess(argv, 0, b"aaa\n", b"")
+        return subprocess.CompletedProcess(argv, 1, b"", b"Cannot connect to the Docker daemon")
+
+    monkeypatch.setattr(commands, "result", broken)
+    with pytest.raises(VncsessError, match="Docker is not running"):
+        docker.session_containers()
+
+
+def _fake_docker(bin_dir: Path, version: str = "2.40.3") -> Path:
+    """A `docker` on PATH that answers `compose version --short` and counts its calls."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    docker = bin_dir / "docker"
+    docker.write_text(f'#!/bin/sh\necho x >> "{bin_dir}/calls"\necho {version}\n')
+    docker.chmod(0o755)
+    return docker
+
+
+def _calls(bin_dir: Path) -> int:
+    calls = bin_dir / "calls"
+    return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+
+def test_compose_version_is_asked_once_until_docker_or_its_plugin_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from vncsess.engines import docker
+
+    bin_dir, cache, config_dir = tmp_path / "bin", tmp_path / "cache", tmp_path / "dockercfg"
+    fake = _fake_docker(bin_dir)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("DOCKER_CONFIG", str(config_dir))
+
+    docker.require_compose(cache)
+    docker.require_compose(cache)
+    assert _calls(bin_dir) == 1, "the second `up` takes the version from the cache"
+
+    # An upgraded docker binary: asked again.
+    st = fake.stat()
+    os.utime(fake, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    docker.require_compose(cache)
+    assert _calls(bin_dir) == 2
+    docker.require_compose(cache)
+    assert _calls(bin_dir) == 2
+
+    # A compose plugin installed (or replaced) for this user: asked again.
+    (config_dir / "cli-plugins").mkdir(parents=True)
+    (config_dir / "cli-plugins" / "docker-compose").write_text("new")
+    docker.require_compose(cache)
+    assert _calls(bin_dir) == 3
+
+    # Without a cache (doctor), always asked.
+    docker.require_compose()
+    assert _calls(bin_dir) == 4
+
+
+def test_a_compose_that_went_missing_is_not_hidden_by_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from vncsess.engines import docker
+    from vncsess.errors import DockerUnavailable
+
+    bin_dir, cache = tmp_path / "bin", tmp_path / "cache"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dockercfg"))
+    fake = _fake_docker(bin_dir, version="1.29.2")  # compose v1 only: refused, not cached
+    with pytest.raises(DockerUnavailable):
+        docker.require_compose(cache)
+    assert not (cache / "compose-version.json").exists()
+    fake.unlink()
+    _fake_docker(bin_dir)  # a new binary: a new key
+    docker.require_compose(cache)
+    assert (cache / "compose-version.json").exists()
+
+
+def test_many_sessions_are_removed_with_one_call_per_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`stop` of N sessions: one stop of every container, one rm, one network rm, one
+    volume rm; not a `compose down` per session (16 sessions took 23 s that way)."""
+    import subprocess
+
+    from vncsess import commands
+    from vncsess.engines import docker
+
+    projects = [f"vncsess-s{i}" for i in range(5)]
+    listing = {
+        "container": "".join(
+            f"c{i}{svc}\tvncsess-s{i}\t{svc}\n" for i in range(5) for svc in ("vnc", "agent")
+        )
+        + "other\tsomeone-else\tweb\n",
+        "network": "".join(f"vncsess-s{i}_agent\tvncsess-s{i}\t\n" for i in range(5)),
+        "volume": "".join(f"vncsess-s{i}_x11\tvncsess-s{i}\t\n" for i in range(5)),
+    }
+    seen: list[list[str]] = []
+
+    def result(argv: list[str], **_: object) -> subprocess.CompletedProcess[bytes]:
+        args = list(argv[1:])
+        seen.append(args)
+        out = listing[args[0]] if args[1:2] == ["ls"] else ""
+        return subprocess.CompletedProcess(argv, 0, out.encode(), b"")
+
+    monkeypatch.setattr(commands, "result", result)
+    monkeypatch.setattr(docker, "_docker", lambda: "docker")
+    engine = docker.DockerEngine(config.load())
+    engine.remove([p.removeprefix("vncsess-") for p in projects])
+
+    acts = [a for a in seen if a[1:2] != ["ls"]]
+    ours = sorted(f"c{i}{svc}" for i in range(5) for svc in ("vnc", "agent"))
+    assert acts[0][:3] == ["stop", "--time", "5"] and sorted(acts[0][3:]) == ours
+    assert acts[1][:3] == ["rm", "--force", "--volumes"] and sorted(acts[1][3:]) == ours
+    assert acts[2] == ["network", "rm", *(f"vncsess-s{i}_agent" for i in range(5))]
+    assert acts[3] == ["volume", "rm", "--force", *(f"vncsess-s{i}_x11" for i in range(5))]
+    assert len(acts) == 4, "never another project's container, and nothing per session"
+
+
+def test_the_waiting_page_stands_still() -> None:
+    """An idle session shows this page for as long as it lives: anything that moves on it
+    is repainted by Chromium in software and shipped by x11vnc to every viewer, forever
+    (it was 8 % of a core per idle session). Nothing on it may animate or tick."""
+    import re
+
+    page = (images.asset_dir("agent") / "www" / "waiting.html").read_text()
+    page = re.sub(r"/\*.*?\*/|<!--.*?-->", "", page, flags=re.DOTALL)  # what comments say
+    moving = re.findall(
+        r"animation|@keyframes|transition|setInterval|setTimeout|requestAnimationFrame"
+        r"|<marquee|<video|\.gif\b|<canvas",
+        page,
+        re.IGNORECASE,
+    )
+    assert moving == []
+
+
+@pytest.mark.parametrize(
+    ("message", "trouble"),
+    [
+        ("network vncsess-display declared as external, but could not be found", True),
+        ("network vncsess-display not found", True),
+        ("multiple networks with name vncsess-display", True),
+        ("network vncsess-other declared as external, but could not be found", False),
+        ("vncsess-display: port is already allocated", False),
+    ],
+)
+def test_the_display_network_retry_knows_compose_s_words(message: str, trouble: bool) -> None:
+    from vncsess.engines.docker import display_network_trouble
+
+    assert display_network_trouble(message) is trouble

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from rich.text import Text
 
 from vncsess import __version__, config
 from vncsess import console as ui
 from vncsess.errors import ExitCode, VncsessError
-from vncsess.models import Result, Session
+from vncsess.models import Batch, Result, Session
 
 app = typer.Typer(
     name="vncsess",
@@ -21,7 +25,8 @@ app = typer.Typer(
     "Each session is a docker compose project with a display you watch in noVNC and a "
     "browser-use agent working on it.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion; session ids complete from Docker (below).
+    add_completion=True,
     pretty_exceptions_enable=False,  # a traceback must never print a key from a .env file
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -30,12 +35,54 @@ app.add_typer(record_app, name="record")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _complete_session(incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion of a session reference: ids and names of the sessions on this
+    engine. It runs on every TAB: it gives up after COMPLETION_TIMEOUT seconds (a daemon
+    that hangs) and never prints (an error would land in the user's command line)."""
+    import threading
+
+    found: list[tuple[str, str]] = []
+
+    def ask() -> None:
+        with contextlib.suppress(Exception):  # an error in a thread would print, too
+            from vncsess import sessions
+
+            found.extend(sessions.completions(_settings()))
+
+    worker = threading.Thread(target=ask, daemon=True)
+    worker.start()
+    worker.join(COMPLETION_TIMEOUT)
+    return [(v, h) for v, h in list(found) if v.startswith(incomplete)]
+
+
+COMPLETION_TIMEOUT = 2.0
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-IdArg = Annotated[str, typer.Argument(help="Session id (or a unique prefix, or its name).")]
+IdArg = Annotated[
+    str,
+    typer.Argument(
+        help="Session id (or a unique prefix, or its name).", autocompletion=_complete_session
+    ),
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="Plain progress lines, no live display (as in logs)."),
+]
+
+# --debug (or VNCSESS_DEBUG=1): unexpected errors also print their traceback.
+_flags = {"debug": False}
+
+
+def _debugging() -> bool:
+    env = os.environ.get("VNCSESS_DEBUG", "").lower()
+    return _flags["debug"] or env not in ("", "0", "false", "no")
 
 
 def handled(fn: F) -> F:
-    """Expected failures become one line (and a hint) on stderr and an exit code."""
+    """Expected failures become one line (and a hint) on stderr and an exit code; anything
+    else too (see _unexpected)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -47,8 +94,30 @@ def handled(fn: F) -> F:
         except KeyboardInterrupt:
             ui.error("interrupted")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as exc:
+            _unexpected(exc)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _unexpected(exc: Exception) -> NoReturn:
+    """A failure vncsess did not foresee: one line, the traceback only when debugging.
+    The standard traceback shows code, never local variables (a key read from a .env file
+    is one), unlike rich's or Typer's pretty ones."""
+    if _debugging():
+        traceback.print_exception(exc)
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        message, code = f"{exc.strerror or exc}{where}", ExitCode.ENVIRONMENT
+    else:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        message = f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
+        code = ExitCode.UNEXPECTED
+    hint = "" if _debugging() else "run again with --debug (or VNCSESS_DEBUG=1) for the traceback"
+    ui.error(message, hint)
+    raise typer.Exit(int(code))
 
 
 def _settings(**flags: Any) -> config.Settings:
@@ -66,8 +135,14 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="Print the traceback of unexpected errors (also VNCSESS_DEBUG=1)."
+        ),
+    ] = False,
 ) -> None:
-    pass
+    _flags["debug"] = debug
 
 
 # ------------------------------------------------------------------ build
@@ -77,13 +152,22 @@ def _root(
 @handled
 def build(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even when up to date.")] = False,
+    no_cache: Annotated[
+        bool,
+        typer.Option("--no-cache", help="Rebuild from scratch (fresh Debian packages)."),
+    ] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Build the vncsess-vnc and vncsess-agent images (bootstraps the Debian base if needed)."""
+    """Build the vncsess-vnc and vncsess-agent images (bootstraps the Debian base if needed).
+
+    Shows each stage with its elapsed time and the package being fetched or unpacked, then
+    the time each stage took.
+    """
     from vncsess import images
 
     settings = _settings()
-    with ui.progress("building images") as step:
-        built = images.ensure(settings, step, force=force)
+    with ui.progress("checking images", quiet=quiet) as step:
+        built = images.ensure(settings, step, force=force, no_cache=no_cache)
     ui.success(f"built {', '.join(built)}" if built else "images are up to date")
 
 
@@ -149,6 +233,14 @@ def up(
     memory: Annotated[
         str, typer.Option("--memory", help="Memory limit of the agent container.")
     ] = "2g",
+    engine: Annotated[
+        str,
+        typer.Option("--engine", help="docker or kubernetes. [default: VNCSESS_ENGINE or docker]"),
+    ] = "",
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print what would be created (manifests), start nothing."),
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Start a session and print its noVNC URL (the URL carries the viewer secret)."""
@@ -161,13 +253,16 @@ def up(
     if timeout is not None and not wait_:
         raise VncsessError("--timeout needs --wait", exit_code=ExitCode.BAD_INPUT)
     settings = _settings(
-        bind=bind, public_host=public_host, resolution=resolution, env_file=env_file
+        bind=bind, public_host=public_host, resolution=resolution, env_file=env_file, engine=engine
     )
     opts = sessions.UpOptions(
         name=name, port=port, resolution=resolution, task=task, llm=llm, llm_base_url=base_url,
         max_steps=max_steps, record=record, record_fps=fps, ttl=ttl, no_internet=no_internet,
         cpus=cpus, memory=memory,
     )  # fmt: skip
+    if dry_run:
+        print(sessions.plan(settings, opts, explicit_env=env_file is not None), end="")
+        return
     with ui.progress("starting session") as step:
         session = sessions.up(settings, opts, step, explicit_env=env_file is not None)
     if not wait_:
@@ -199,7 +294,11 @@ def _read_task(path: Path) -> str:
 
 
 def _print_started(session: Session, task: str) -> None:
-    ui.out.print(session.novnc_url)
+    if session.novnc_url:
+        ui.data(session.novnc_url)
+    elif session.endpoint:  # Kubernetes: the Pod's noVNC, reachable inside the cluster only
+        host, port = session.endpoint
+        ui.info(f"noVNC listens at {host}:{port} in the cluster (no URL yet: docs/kubernetes.md)")
     ui.success(f"session {session.id} is up ({session.resolution}, model: {session.llm})")
     if task:
         ui.info(f"the agent is working; `vncsess wait {session.id}` blocks until it is done")
@@ -216,12 +315,18 @@ def _finish_with_result(session: Session | None, res: Result, json_: bool) -> No
 
 
 def _print_result(res: Result) -> None:
-    style = "green" if res.success else "red"
-    ui.err.print(f"[{style}]{res.status}[/] after {res.steps} steps ({res.duration_s or 0:.1f}s)")
+    # Everything in a result comes from the agent, and so from the pages it read: literal.
+    steps = f"{res.steps} step" + ("" if res.steps == 1 else "s")
+    ui.err.print(
+        Text.assemble(
+            ui.literal(res.status, "green" if res.success else "red"),
+            f" after {steps} ({res.duration_s or 0:.1f}s)",
+        )
+    )
     if res.final_text:
-        ui.out.print(res.final_text)
+        ui.data(res.final_text)
     for e in res.errors:
-        ui.err.print(f"[red]·[/] {e}", markup=True, highlight=False)
+        ui.err.print(Text.assemble(("· ", "red"), ui.literal(e)))
 
 
 # ------------------------------------------------------------------ ls / inspect
@@ -284,7 +389,7 @@ def inspect(session_id: IdArg, json_: JsonOpt = False) -> None:
         shown = (
             ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
         )
-        ui.out.print(f"[bold]{key:>13}[/]  {ui.escape(str(shown))}")
+        ui.out.print(Text.assemble((f"{key:>13}", "bold"), "  ", ui.literal(shown)))
 
 
 # ------------------------------------------------------------------ logs / stop
@@ -316,7 +421,9 @@ def logs(
 @app.command()
 @handled
 def stop(
-    session_ids: Annotated[list[str] | None, typer.Argument(help="Session ids.")] = None,
+    session_ids: Annotated[
+        list[str] | None, typer.Argument(help="Session ids.", autocompletion=_complete_session)
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Stop every session.")] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -326,8 +433,9 @@ def stop(
     if all_ and session_ids:
         raise VncsessError("give ids or --all, not both", exit_code=ExitCode.BAD_INPUT)
     with ui.progress("stopping") as step:
-        stopped = sessions.stop(_settings(), session_ids or [], stop_all=all_, progress=step)
-    _print_stopped(stopped, json_, "no sessions to stop")
+        batch = sessions.stop(_settings(), session_ids or [], stop_all=all_, progress=step)
+    _print_stopped(batch.done, json_, "" if batch.errors else "no sessions to stop")
+    _fail_batch(batch)
 
 
 def _print_stopped(ids: list[str], json_: bool, none: str) -> None:
@@ -335,8 +443,17 @@ def _print_stopped(ids: list[str], json_: bool, none: str) -> None:
         ui.print_json({"stopped": ids})
     elif ids:
         print("\n".join(ids))
-    else:
+    elif none:
         ui.info(none)
+
+
+def _fail_batch(batch: Batch) -> None:
+    """Like `docker rm a b`: each reference that named no session is reported, and the
+    exit code says something was missing, after every other one was acted on."""
+    for exc in batch.errors:
+        ui.error(exc.message, exc.hint)
+    if batch.errors:
+        raise typer.Exit(int(batch.errors[0].exit_code))
 
 
 @app.command()
@@ -424,13 +541,16 @@ def record_stop(session_id: IdArg, json_: JsonOpt = False) -> None:
 @app.command("recordings")
 @handled
 def recordings_(
-    session_id: Annotated[str | None, typer.Argument(help="Only this session.")] = None,
+    session_id: Annotated[
+        str | None, typer.Argument(help="Only this session.", autocompletion=_complete_session)
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """List recordings with duration and size (interrupted ones are repaired first)."""
-    from vncsess import recordings
+    from vncsess import recordings, sessions
 
-    found = recordings.list_recordings(_settings(), session_id)
+    settings = _settings()
+    found = recordings.list_recordings(settings, sessions.artifacts(settings, session_id))
     if json_:
         ui.print_json([r.to_dict() for r in found])
     elif not found:
@@ -479,7 +599,7 @@ def control(session_id: IdArg, json_: JsonOpt = False) -> None:
     if json_:
         ui.print_json({**s.to_dict(show_secrets=True), "control_url": s.control_url})
         return
-    ui.out.print(s.control_url)
+    ui.data(s.control_url)
     ui.success(f"the agent of {s.id} is paused; this URL has keyboard and mouse")
     ui.info(f"hand back with `vncsess resume {s.id}`")
 
@@ -497,5 +617,143 @@ def resume(session_id: IdArg, json_: JsonOpt = False) -> None:
         ui.success(f"the agent of {s.id} continues")
 
 
+# ------------------------------------------------------------------ url / open
+
+
+ControlOpt = Annotated[
+    bool,
+    typer.Option("--control", help="The URL with keyboard and mouse (after `vncsess control ID`)."),
+]
+
+
+@app.command()
+@handled
+def url(session_id: IdArg, control: ControlOpt = False) -> None:
+    """Print just the session's viewer URL (with its secret), for scripts."""
+    from vncsess import sessions
+
+    print(sessions.url(_settings(), session_id, control))
+
+
+@app.command("open")
+@handled
+def open_(session_id: IdArg, control: ControlOpt = False) -> None:
+    """Open the session's viewer URL in your web browser."""
+    import webbrowser
+
+    from vncsess import sessions
+
+    link = sessions.url(_settings(), session_id, control)
+    if not webbrowser.open(link):
+        raise VncsessError(
+            "no web browser could be started here",
+            hint="`vncsess url ID` prints the URL to open elsewhere (set BROWSER to choose one)",
+        )
+    ui.success(f"opened {'the control' if control else 'the viewer'} URL in your browser")
+
+
+# ------------------------------------------------------------------ doctor
+
+
+@app.command()
+@handled
+def doctor(json_: JsonOpt = False) -> None:
+    """Check this machine for vncsess: Docker, compose, images, disk, networks, model keys,
+    ports. Exit 0 when `up` can work (warnings allowed), 3 when something would stop it."""
+    from vncsess import doctor as doc
+
+    settings = _settings()
+    if json_:
+        checks = doc.run(settings)
+        ui.print_json({"ok": doc.healthy(checks), "checks": [c.to_dict() for c in checks]})
+    else:
+        with ui.progress("checking Docker, images, disk, networks and ports"):
+            checks = doc.run(settings)
+        ui.checks(checks)
+    if not doc.healthy(checks):
+        raise typer.Exit(int(ExitCode.ENVIRONMENT))
+
+
+# ------------------------------------------------------------------ serve
+
+
+@app.command()
+@handled
+def serve(
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on. 0.0.0.0: every interface.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (0: a free one).", min=0)] = 8000,
+    token: Annotated[
+        str,
+        typer.Option(
+            "--token",
+            envvar="VNCSESS_API_TOKEN",
+            show_default=False,
+            help="The API token. Default: made on first run, kept in $VNCSESS_HOME/api-token.",
+        ),
+    ] = "",
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="Log each request.")
+    ] = True,
+) -> None:
+    """Serve the HTTP API (the seeds' session APIs and /v1) until Ctrl-C."""
+    from vncsess import api
+
+    settings = _settings()
+    secret, path = api.load_token(settings, token)
+    sock = api.bind(host, port)
+    _images_before_serving(settings)
+    bound = sock.getsockname()[1]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    base = f"http://{f'[{shown}]' if ':' in shown else shown}:{bound}"
+    if host in ("0.0.0.0", "", "::"):
+        ui.error(
+            f"listening on every interface ({host}): anyone who can reach port {bound} "
+            "can try the token",
+            hint="use --host 127.0.0.1 behind a TLS proxy; the noVNC ports still follow "
+            "VNCSESS_BIND",
+        )
+    ui.success(f"vncsess API at {base}/v1  (schema: {base}/openapi.json)")
+    ui.err.print(f"token: {secret}", highlight=False, markup=False)
+    where = f"kept in {path}" if path else "from --token / VNCSESS_API_TOKEN"
+    ui.info(f"({where}) try:")
+    ui.err.print(
+        f'  curl -H "Authorization: Bearer {secret}" {base}/v1/sessions',
+        highlight=False,
+        markup=False,
+    )
+    ui.info("Ctrl-C stops the server; sessions keep running.")
+    try:
+        api.run(sock, settings, secret, access_log=access_log)
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: the normal way out
+        ui.info("stopped")
+
+
+def _images_before_serving(settings: config.Settings) -> None:
+    """Build stale images now, with progress on this terminal, rather than inside the first
+    `POST /v1/sessions` (a request that would hang for minutes). Docker being down is not
+    a reason to refuse to serve: the API answers 503 until it is back."""
+    from vncsess import engines, images
+    from vncsess.errors import DockerUnavailable
+
+    if not engines.load(settings).builds_images:
+        return
+    try:
+        with ui.progress("checking images") as step:
+            built = images.ensure(settings, step)
+    except DockerUnavailable as exc:
+        ui.error(exc.message, "the API answers 503 until Docker is back")
+        return
+    if built:
+        ui.success(f"built {', '.join(built)}")
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as exc:  # what escaped the commands' own handling (Typer's parsing...)
+        try:
+            _unexpected(exc)
+        except typer.Exit as done:
+            sys.exit(done.exit_code)

@@ -5,6 +5,9 @@ One object holds every path and default, so tests redirect everything with VNCSE
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -13,7 +16,7 @@ from pathlib import Path
 from vncsess.errors import BadInput
 
 DEFAULT_RESOLUTION = "1280x720"
-_RESOLUTION = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+_RESOLUTION = re.compile(r"^(\d+)x(\d+)$")
 MIN_SIDE, MAX_SIDE = 320, 7680
 
 
@@ -27,6 +30,24 @@ class Settings:
     agent_image: str = "vncsess-agent"
     resolution: str = DEFAULT_RESOLUTION
     env_file: Path | None = None
+    # VNCSESS_OWNER: a label on every session started with these settings, that sets them
+    # apart from others on the same engine (a test run, a CI job); "" for none.
+    owner: str = ""
+    engine: str = "docker"  # VNCSESS_ENGINE: what runs the sessions (docker | kubernetes)
+    # The Kubernetes engine (see docs/kubernetes.md). Empty kubeconfig: the in-cluster
+    # service account when vncsess runs in a Pod, else KUBECONFIG or ~/.kube/config.
+    kube_config: str = ""
+    kube_context: str = ""
+    kube_namespace: str = "vncsess"
+    # The ReadWriteMany claim whose root holds every session's data dir; vncsess itself
+    # mounts it at $VNCSESS_HOME/sessions, the Pods mount their own subPaths of it.
+    kube_data_claim: str = "vncsess-data"
+    # How long `up` waits for the display to answer before it gives up and cleans away.
+    ready_timeout: float = 60.0
+    # The demo model pauses between steps so people can follow it; tests set 0.
+    demo_step_delay: float = 1.0
+    # Where debootstrap fetches the base image's packages when no registry answers.
+    debian_mirror: str = "http://deb.debian.org/debian"
     dotenv: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -41,7 +62,9 @@ class Settings:
         (a wildcard bind gets `localhost`, which at least works on this machine)."""
         if self.public_host:
             return self.public_host
-        return "localhost" if self.bind in ("0.0.0.0", "::", "") else self.bind
+        if self.bind in ("0.0.0.0", "::", ""):
+            return "localhost"
+        return f"[{self.bind}]" if ":" in self.bind else self.bind
 
 
 def parse_resolution(value: str) -> tuple[int, int]:
@@ -61,6 +84,78 @@ def parse_resolution(value: str) -> tuple[int, int]:
     return w, h
 
 
+# One DNS label: letters, digits and inner hyphens (RFC 1123), at most 63 characters.
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def parse_bind(value: str) -> str:
+    """The address noVNC is published on: an IP address of this machine (v4 or v6).
+
+    Docker accepts only an address here, and an address the machine does not have fails
+    deep inside compose; both are bad input, said before anything starts."""
+    text = value.strip().removeprefix("[").removesuffix("]")
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise BadInput(
+            f"--bind {value!r} is not an IP address",
+            hint="use 127.0.0.1 (the default), 0.0.0.0 for every interface, or one of this "
+            "machine's addresses; --public-host sets the name printed in URLs",
+        ) from None
+    if engine_is_local() and not addr.is_unspecified:
+        import socket  # here, not at the top: every command imports config, few bind
+
+        family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((str(addr), 0))
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:  # other failures: compose has its say
+                    raise BadInput(
+                        f"--bind {value!r} is not an address of this machine",
+                        hint="use 127.0.0.1, 0.0.0.0, or an address `ip addr` lists",
+                    ) from None
+    return str(addr)
+
+
+def engine_is_local() -> bool:
+    """A remote engine (DOCKER_HOST=tcp://...) publishes ports on its own addresses."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return not host or host.startswith("unix://")
+
+
+def parse_public_host(value: str) -> str:
+    """The host printed in URLs: a DNS name or an IP address (IPv6 comes back in brackets,
+    as a URL needs it). Anything else would print a URL that no browser opens."""
+    text = value.strip().rstrip(".")
+    if not text:
+        return ""
+    try:
+        addr = ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        pass
+    else:
+        return f"[{addr}]" if addr.version == 6 else str(addr)
+    labels = text.split(".")
+    if len(text) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise BadInput(
+            f"--public-host {value!r} is not a host name or IP address",
+            hint="give only the host, for example vnc.example.com or 203.0.113.7 (no scheme, "
+            "port, path or spaces)",
+        )
+    return text
+
+
+def for_new_session(settings: Settings) -> Settings:
+    """Settings checked for starting a session: the bind address and the public host are
+    validated (and normalised), so bad input stops `up` before anything starts."""
+    return dataclasses.replace(
+        settings,
+        bind=parse_bind(settings.bind),
+        public_host=parse_public_host(settings.public_host),
+    )
+
+
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
 
 
@@ -76,6 +171,28 @@ def parse_duration(value: str) -> int:
         )
     h, mi, sec = (int(g) if g else 0 for g in m.groups())
     return h * 3600 + mi * 60 + sec
+
+
+def _seconds(name: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if seconds < 0:
+        raise BadInput(f"{name}={value!r} is not a number of seconds", hint="for example 60")
+    return seconds
+
+
+_OWNER = re.compile(r"^[A-Za-z0-9._-]{0,63}$")
+
+
+def _owner(value: str) -> str:
+    if not _OWNER.match(value):
+        raise BadInput(
+            f"VNCSESS_OWNER={value!r} is not a valid label value",
+            hint="use up to 63 letters, digits, '.', '_' or '-'",
+        )
+    return value
 
 
 def _read_dotenv(path: Path) -> dict[str, str]:
@@ -115,5 +232,21 @@ def load(**flags: str | Path | None) -> Settings:
         agent_image=pick("agent_image", "VNCSESS_AGENT_IMAGE", default="vncsess-agent"),
         resolution=pick("resolution", "VNCSESS_RESOLUTION", default=DEFAULT_RESOLUTION),
         env_file=Path(env_file).expanduser() if env_file else None,
+        engine=pick("engine", "VNCSESS_ENGINE", default="docker"),
+        owner=_owner(pick("owner", "VNCSESS_OWNER")),
+        kube_config=pick("kube_config", "VNCSESS_KUBECONFIG"),
+        kube_context=pick("kube_context", "VNCSESS_KUBE_CONTEXT"),
+        kube_namespace=pick("kube_namespace", "VNCSESS_KUBE_NAMESPACE", default="vncsess"),
+        kube_data_claim=pick("kube_data_claim", "VNCSESS_KUBE_DATA_CLAIM", default="vncsess-data"),
+        ready_timeout=_seconds(
+            "VNCSESS_READY_TIMEOUT", pick("ready_timeout", "VNCSESS_READY_TIMEOUT", default="60")
+        ),
+        demo_step_delay=_seconds(
+            "VNCSESS_DEMO_STEP_DELAY",
+            pick("demo_step_delay", "VNCSESS_DEMO_STEP_DELAY", default="1.0"),
+        ),
+        debian_mirror=pick(
+            "debian_mirror", "VNCSESS_DEBIAN_MIRROR", default=Settings.debian_mirror
+        ),
         dotenv=dotenv,
     )

@@ -3,15 +3,20 @@ downloads, logs) and the secret files mounted into them. The one module that lay
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
 import shutil
 import string
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vncsess.engines.base import SessionSecrets
+from vncsess.errors import VncsessError
 
 # What the containers run as. On a host where vncsess runs as root the containers still
 # run as this unprivileged uid, and vncsess hands them their directories.
@@ -52,6 +57,52 @@ def _passwdfile(control: str, view: str) -> bytes:
     return f"{control}\n__BEGIN_VIEWONLY__\n{view}\n".encode()
 
 
+def new_secrets(task: str, llm_env: str) -> SessionSecrets:
+    """A new session's secrets: a display cookie, a view-only and a full-access password."""
+    return SessionSecrets(
+        xauth=xauthority(secrets.token_bytes(16)),
+        vnc_passwd=_passwdfile(control=new_password(), view=new_password()),
+        llm_env=llm_env.encode(),
+        task=task.encode("utf-8"),
+    )
+
+
+def quote_env(value: str) -> str:
+    """A value for a KEY=VALUE env file, read back intact by compose and python-dotenv."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def env_text(values: dict[str, str]) -> str:
+    return "".join(f"{k}={quote_env(v)}\n" for k, v in values.items())
+
+
+# A new session writes a few small files; recordings grow later and are watched by `doctor`.
+MIN_FREE_BYTES = 16 * 1024 * 1024
+
+
+def check_room(sessions_dir: Path) -> None:
+    """Before a session starts (before any image build or container): its data dir can be
+    made there, and the disk has room. One line with a hint, not a traceback."""
+    try:
+        sessions_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(sessions_dir).free
+        # A probe of its own: `serve` checks for many creates at once, in one process.
+        with tempfile.NamedTemporaryFile(dir=sessions_dir, prefix=".write-test-") as probe:
+            probe.write(b"x")
+            probe.flush()
+    except OSError as exc:
+        raise unwritable(sessions_dir, exc) from None
+    if free < MIN_FREE_BYTES:
+        raise unwritable(sessions_dir, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+
+def unwritable(path: Path, exc: OSError) -> VncsessError:
+    return VncsessError(
+        f"cannot write {path}: {exc.strerror or exc}",
+        hint="set VNCSESS_HOME to a writable directory with free space",
+    )
+
+
 @dataclass(frozen=True)
 class DataDir:
     path: Path
@@ -86,8 +137,23 @@ class DataDir:
         return self.agent / "status.json"
 
     @property
+    def events_file(self) -> Path:
+        """The runner's append-only record of steps, pauses and the end (events.jsonl)."""
+        return self.agent / "events.jsonl"
+
+    @property
+    def ready_file(self) -> Path:
+        """Written by `up` when the display first answered: {"at", "novnc_port"}."""
+        return self.path / "ready.json"
+
+    @property
     def control_file(self) -> Path:
         return self.path / "control.json"
+
+    @property
+    def links_file(self) -> Path:
+        """The live-view links `serve` minted for this session, and which were revoked."""
+        return self.path / "links.json"
 
     @property
     def compose_file(self) -> Path:
@@ -98,20 +164,23 @@ class DataDir:
         return self.path / "session.env"
 
     # creation -----------------------------------------------------------
-    def create(self, task: str, llm_env: str, view_secret: str, control_secret: str) -> None:
-        """Make the tree and its secret files, owned by the containers' user."""
-        self.path.mkdir(parents=True, mode=0o700)
-        self.secrets.mkdir(mode=0o700)
-        for d in (self.agent, self.downloads, self.recordings, self.screenshots):
-            d.mkdir(mode=0o750)
-        self._secret("xauth", xauthority(secrets.token_bytes(16)))
-        # x11vnc passwdfile: full-access password, then the view-only one.
-        self._secret("vnc_passwd", _passwdfile(control_secret, view_secret))
-        self._secret("llm.env", llm_env.encode())
-        (self.path / "task.txt").write_bytes(task.encode("utf-8"))
-        self._own(self.path / "task.txt", 0o400)
-        for d in (self.agent, self.downloads, self.recordings, self.screenshots):
-            self._own(d, 0o750)
+    def create(self, keys: SessionSecrets) -> None:
+        """Make the tree and its secret files, owned by the containers' user. A data dir
+        that cannot be written (read-only, full, not a directory) is one clear error."""
+        try:
+            self.path.mkdir(parents=True, mode=0o700)
+            self.secrets.mkdir(mode=0o700)
+            for d in (self.agent, self.downloads, self.recordings, self.screenshots):
+                d.mkdir(mode=0o750)
+            self._secret("xauth", keys.xauth)
+            self._secret("vnc_passwd", keys.vnc_passwd)
+            self._secret("llm.env", keys.llm_env)
+            (self.path / "task.txt").write_bytes(keys.task)
+            self._own(self.path / "task.txt", 0o400)
+            for d in (self.agent, self.downloads, self.recordings, self.screenshots):
+                self._own(d, 0o750)
+        except OSError as exc:
+            raise unwritable(self.path, exc) from None
 
     def _secret(self, name: str, data: bytes) -> None:
         path = self.secrets / name
@@ -127,19 +196,20 @@ class DataDir:
             os.chown(path, uid, gid)
         path.chmod(mode)
 
-    def rotate_control_secret(self) -> str:
+    def rotate_control_secret(self) -> bytes:
         """A new full-access password, written in place: the file is bind-mounted into the
         vnc container (a rename would leave the container reading the old inode), and x11vnc
-        re-reads it for each new client. Connections made with the old one stay as they are."""
+        re-reads it for each new client. Connections made with the old one stay as they are.
+        Returns the new passwdfile (for engines that must push it into the container)."""
         view, _ = self.vnc_secrets()
-        new = new_password()
+        data = _passwdfile(new_password(), view)
         path = self.secrets / "vnc_passwd"
         path.chmod(0o600)
         with open(path, "r+b") as fh:
-            fh.write(_passwdfile(new, view))
+            fh.write(data)
             fh.truncate()
         path.chmod(0o400)
-        return new
+        return data
 
     def forget_secrets(self) -> None:
         """After stop: keys and passwords have no use any more; the artifacts stay."""

@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     TIMEOUT = 5  # `wait --timeout` ran out before a result
     SESSION_FAILED = 6  # the session broke: container died, no result will come
     CONFLICT = 7  # port taken, recording already running, nothing to stop...
+    UNEXPECTED = 70  # a failure vncsess did not foresee (a bug): --debug shows the traceback
 
 
 class VncsessError(Exception):

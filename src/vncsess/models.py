@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from vncsess.errors import VncsessError
+from vncsess.protocol import Result
+
+__all__ = ["Batch", "Recording", "Result", "Session", "novnc_url", "project_name", "redact_url"]
+
 
 def project_name(session_id: str) -> str:
-    """The one place a session id becomes a compose project name."""
+    """The one place a session id becomes the engine's name for it (the compose project on
+    Docker, the Pod on Kubernetes)."""
     return f"vncsess-{session_id}"
 
 
@@ -31,7 +36,7 @@ class Session:
     status: str  # running | unhealthy | starting | degraded | exited | expired
     created_at: datetime
     resolution: str
-    novnc_port: int | None
+    novnc_port: int | None  # the published host port (Docker); None elsewhere
     url_host: str
     data_dir: Path
     llm: str
@@ -41,6 +46,8 @@ class Session:
     no_internet: bool = False
     recording: str = ""  # file name of the running recording, if any
     expires_at: datetime | None = None  # --ttl: when the session ends itself
+    endpoint: tuple[str, int] | None = None  # where this machine reaches noVNC
+    owner: str = ""  # VNCSESS_OWNER when the session was started
     view_secret: str = field(default="", repr=False)
     control_secret: str = field(default="", repr=False)
 
@@ -83,6 +90,7 @@ class Session:
             "no_internet": self.no_internet,
             "recording": self.recording,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "owner": self.owner,
         }
         if show_secrets and self.control_url and self.control != "watching":
             d["control_url"] = self.control_url
@@ -95,42 +103,6 @@ def redact_url(url: str) -> str:
         return url
     head, _, _ = url.partition("password=")
     return head + "password=***"
-
-
-@dataclass(frozen=True)
-class Result:
-    """What the agent runner wrote to result.json when the task ended."""
-
-    status: str  # succeeded | failed | cancelled
-    success: bool
-    final_text: str | None
-    steps: int
-    urls: list[str]
-    errors: list[str]
-    llm: str
-    started_at: str | None
-    finished_at: str | None
-    duration_s: float | None
-    first_navigation_s: float | None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Result:
-        return cls(
-            status=str(d.get("status", "failed")),
-            success=bool(d.get("success", False)),
-            final_text=d.get("final_text"),
-            steps=int(d.get("steps") or 0),
-            urls=list(d.get("urls") or []),
-            errors=[str(e) for e in d.get("errors") or []],
-            llm=str(d.get("llm", "")),
-            started_at=d.get("started_at"),
-            finished_at=d.get("finished_at"),
-            duration_s=d.get("duration_s"),
-            first_navigation_s=d.get("first_navigation_s"),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -150,3 +122,12 @@ class Recording:
             "duration_s": self.duration_s,
             "state": self.state,
         }
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a command given several sessions did: like `docker rm a b`, it acts on every
+    one it can and reports each one it could not."""
+
+    done: list[str]
+    errors: list[VncsessError] = field(default_factory=list)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import shutil
 import struct
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vncsess import docker
+from vncsess import engines
 from vncsess.config import Settings
-from vncsess.datadir import DataDir, container_ids
+from vncsess.datadir import DataDir
+from vncsess.engines.base import Engine
 from vncsess.errors import Conflict, NotFound, VncsessError
 from vncsess.models import Recording, Session
 
@@ -27,8 +29,9 @@ _FINALIZING = ".finalizing.mp4"  # vnc-record's temporary file while it remuxes
 _VNC_GONE = ("exited", "dead", "created", None)
 
 
-def _vnc(session: Session) -> str:
-    return f"{session.project}-vnc-1"
+def _vnc(engine: Engine, session: Session, argv: list[str]) -> tuple[int, str]:
+    """Run one of the vnc image's tools in the session's display container."""
+    return engine.exec(session.id, "vnc", argv)
 
 
 def _stamp() -> str:
@@ -42,21 +45,23 @@ def _require_vnc(session: Session) -> None:
         )
 
 
-def running_file(session: Session) -> str:
-    """The name of the recording ffmpeg is writing now, or ''."""
-    if session.services.get("vnc") != "running":
-        return ""
-    try:
-        return _status(session)
-    except NotFound:  # the container stopped since the session was read
-        return ""
-
-
-def _status(session: Session) -> str:
-    """running_file() of a running vnc container; NotFound if it is not running (any more)."""
-    rc, out = docker.exec_in(_vnc(session), ["vnc-record", "status"])
+def _status(engine: Engine, session: Session) -> str:
+    """The recording ffmpeg is writing in a running vnc container ('' if none); NotFound
+    if the container is not running (any more)."""
+    rc, out = _vnc(engine, session, ["vnc-record", "status"])
     lines = out.strip().splitlines()
     return Path(lines[-1]).name if rc == 0 and lines else ""
+
+
+def recording_now(data: DataDir) -> str:
+    """The recording being written, judged without an exec into the container (ls must stay
+    fast): ffmpeg flushes every packet, so a live partial changes all the time; a stale one
+    was killed and waits for the next command that repairs it."""
+    if not data.recordings.is_dir():
+        return ""
+    now = time.time()
+    live = [p for p in data.recordings.glob("*" + _PARTIAL) if now - p.stat().st_mtime < 5]
+    return max(live, key=lambda p: p.stat().st_mtime).name if live else ""
 
 
 def _new_stem(session: Session, folder: Path, exts: tuple[str, ...]) -> str:
@@ -71,8 +76,9 @@ def _new_stem(session: Session, folder: Path, exts: tuple[str, ...]) -> str:
 
 
 def start(settings: Settings, session: Session, fps: int | None = None) -> Path:
+    engine = engines.load(settings)
     data = DataDir(session.data_dir)
-    heal(settings, session)
+    _heal(settings, engine, session)
     _require_vnc(session)
     if not data.recordings.is_dir():
         raise NotFound(
@@ -87,7 +93,7 @@ def start(settings: Settings, session: Session, fps: int | None = None) -> Path:
     # vnc-record refuses to overwrite: a second recording in the same second needs a name.
     name = _new_stem(session, data.recordings, (_PARTIAL, ".mp4", _FINALIZING)) + _PARTIAL
     cmd = ["vnc-record", "start", f"{_INSIDE}/{name}"] + ([str(fps)] if fps else [])
-    rc, out = docker.exec_in(_vnc(session), cmd)
+    rc, out = _vnc(engine, session, cmd)
     if rc == 3:
         raise Conflict(
             f"a recording is already running in session {session.id}",
@@ -99,10 +105,11 @@ def start(settings: Settings, session: Session, fps: int | None = None) -> Path:
 
 
 def stop(settings: Settings, session: Session) -> Path:
+    engine = engines.load(settings)
     data = DataDir(session.data_dir)
-    live = _heal(settings, session)  # a recording killed earlier is made seekable too
+    live = _heal(settings, engine, session)  # a recording killed earlier is made seekable too
     _require_vnc(session)
-    rc, out = docker.exec_in(_vnc(session), ["vnc-record", "stop"])
+    rc, out = _vnc(engine, session, ["vnc-record", "stop"])
     if rc == 4:
         raise Conflict(
             f"no recording is running in session {session.id}",
@@ -131,12 +138,14 @@ def _recorder_error(out: str) -> VncsessError:
     return VncsessError(f"recording failed: {text}")
 
 
-def stop_running(settings: Settings, session: Session) -> None:
+def stop_running(engine: Engine, session: Session) -> None:
     """Before a session goes: end its recording cleanly (a no-op when none runs).
     Never raises: the session must go even if its display died meanwhile."""
-    if session.services.get("vnc") == "running":
+    # No partial file, no recording: no exec (one costs ~0.1 s, for each session stopped).
+    # A recording started in the same instant is still ended by the container's own stop.
+    if session.services.get("vnc") == "running" and _partials(DataDir(session.data_dir)):
         with contextlib.suppress(VncsessError):
-            docker.exec_in(_vnc(session), ["vnc-record", "stop"])
+            _vnc(engine, session, ["vnc-record", "stop"])
 
 
 def heal(settings: Settings, session: Session) -> list[Path]:
@@ -145,7 +154,7 @@ def heal(settings: Settings, session: Session) -> list[Path]:
     it made seekable."""
     data = DataDir(session.data_dir)
     before = _partials(data)
-    _heal(settings, session)
+    _heal(settings, engines.load(settings), session)
     return [p for p in before if not p.exists()]
 
 
@@ -153,27 +162,25 @@ def _partials(data: DataDir) -> list[Path]:
     return sorted(data.recordings.glob("*" + _PARTIAL)) if data.recordings.is_dir() else []
 
 
-def _heal(settings: Settings, session: Session) -> str:
+def _heal(settings: Settings, engine: Engine, session: Session) -> str:
     """heal(); returns the name of the partial ffmpeg is still writing ('' if none)."""
     data = DataDir(session.data_dir)
     state = session.services.get("vnc")
     if state == "running":
         try:
-            live = _status(session)
+            live = _status(engine, session)
             for partial in _partials(data):
                 if partial.name != live:  # a failed remux keeps the partial (listed as such)
-                    docker.exec_in(
-                        _vnc(session), ["vnc-record", "finalize", f"{_INSIDE}/{partial.name}"]
-                    )
+                    _vnc(engine, session, ["vnc-record", "finalize", f"{_INSIDE}/{partial.name}"])
             return live
         except NotFound:  # the container stopped since the session was read: no ffmpeg
             state = "exited"
     if state in _VNC_GONE:
-        finalize_partials(settings, data)
+        finalize_partials(settings, engine, data)
     return ""
 
 
-def finalize_partials(settings: Settings, data: DataDir) -> list[Path]:
+def finalize_partials(settings: Settings, engine: Engine, data: DataDir) -> list[Path]:
     """Interrupted recordings of a session that is gone (or whose display was killed):
     remux them in a throwaway container of the vnc image (no display, no network), as the
     containers' user. A partial that cannot be remuxed stays (listed as `partial`) rather
@@ -181,18 +188,16 @@ def finalize_partials(settings: Settings, data: DataDir) -> list[Path]:
     partials = _partials(data)
     if not partials:
         return []
-    uid, gid = container_ids()
     fixed = []
     for partial in partials:
         try:
             if partial.stat().st_size == 0:
                 partial.unlink()
                 continue
-            docker.run_oneoff(
+            engine.run_job(
                 settings.vnc_image,
                 ["vnc-record", "finalize", f"{_INSIDE}/{partial.name}"],
                 {data.recordings: _INSIDE},
-                f"{uid}:{gid}",
             )
         except (VncsessError, OSError):
             continue
@@ -200,24 +205,20 @@ def finalize_partials(settings: Settings, data: DataDir) -> list[Path]:
     return fixed
 
 
-def list_recordings(settings: Settings, ref: str | None = None) -> list[Recording]:
-    from vncsess import sessions
-
-    running = {s.id: s for s in sessions.list_sessions(settings)}
-    if ref:
-        dirs = [sessions.data_dir_of(settings, ref)]
-    elif settings.sessions_dir.is_dir():
-        dirs = [DataDir(p) for p in sorted(settings.sessions_dir.iterdir()) if p.is_dir()]
-    else:
-        dirs = []
+def list_recordings(
+    settings: Settings, artifacts: list[tuple[DataDir, Session | None]]
+) -> list[Recording]:
+    """The recordings in these data dirs (see sessions.artifacts), each with its live
+    session if it has one; interrupted recordings are repaired first."""
+    engine = engines.load(settings)
     out: list[Recording] = []
-    for data in dirs:
+    for data, session in artifacts:
         sid = data.path.name
         live = ""
-        if sid in running:
-            live = _heal(settings, running[sid])
+        if session is not None:
+            live = _heal(settings, engine, session)
         else:
-            finalize_partials(settings, data)
+            finalize_partials(settings, engine, data)
         if not data.recordings.is_dir():
             continue
         files = [f for f in data.recordings.glob("*.mp4") if not f.name.endswith(_FINALIZING)]
@@ -273,7 +274,9 @@ def screenshot(settings: Settings, session: Session, out: Path | None = None) ->
     _require_vnc(session)
     data = DataDir(session.data_dir)
     name = _new_stem(session, data.screenshots, (".png", ".tmp.png")) + ".png"
-    rc, text = docker.exec_in(_vnc(session), ["vnc-screenshot", f"/data/screenshots/{name}"])
+    rc, text = _vnc(
+        engines.load(settings), session, ["vnc-screenshot", f"/data/screenshots/{name}"]
+    )
     saved = data.screenshots / name
     if rc != 0 or not saved.exists():
         raise VncsessError(f"screenshot failed: {text.strip()[-200:] or 'no file written'}")
@@ -286,3 +289,13 @@ def screenshot(settings: Settings, session: Session, out: Path | None = None) ->
     except OSError as exc:
         raise NotFound(f"cannot write {out}: {exc.strerror}", hint="check the -o path") from None
     return out
+
+
+def snapshot(settings: Settings, session: Session) -> bytes:
+    """A screenshot that is not kept: its PNG bytes, its file removed at once (a live
+    thumbnail refreshed every few seconds would otherwise fill the data dir)."""
+    path = screenshot(settings, session)
+    try:
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)

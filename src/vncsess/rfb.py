@@ -111,15 +111,16 @@ class WebSocket:
             self.sock.close()
 
 
-def _vnc_des_response(password: str, challenge: bytes) -> bytes:
-    """VNC auth: DES-encrypt the challenge with the password (8 bytes, bits mirrored)."""
-    try:
-        import pyDes
-    except ImportError as exc:  # only tests and benchmarks authenticate
-        raise RfbError("VNC password auth needs pyDes (pip install vncsess[dev])") from exc
+def vnc_des_response(password: str, challenge: bytes) -> bytes:
+    """VNC auth: DES-encrypt the challenge with the password (8 bytes, bits mirrored).
+    DES is single-key triple DES (the key three times), as `cryptography` keeps it."""
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
     key = password.encode()[:8].ljust(8, b"\0")
     key = bytes(int(f"{b:08b}"[::-1], 2) for b in key)
-    return bytes(pyDes.des(key, pyDes.ECB).encrypt(challenge))
+    encryptor = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()
+    return encryptor.update(challenge) + encryptor.finalize()
 
 
 @dataclass
@@ -133,8 +134,8 @@ class ServerInit:
 class RfbClient:
     """`with RfbClient(host, port) as c: c.login(pw)` then frames and input."""
 
-    def __init__(self, host: str, port: int, timeout: float = 5) -> None:
-        self.ws = WebSocket(host, port, timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float = 5, path: str = "/websockify") -> None:
+        self.ws = WebSocket(host, port, path=path, timeout=timeout)
         self.version = ""
         self.security_types: list[int] = []
         self.init: ServerInit | None = None
@@ -164,7 +165,7 @@ class RfbClient:
             self.hello()
         if SEC_VNC in self.security_types:
             self.ws.send(bytes([SEC_VNC]))
-            self.ws.send(_vnc_des_response(password, self.ws.recv(16)))
+            self.ws.send(vnc_des_response(password, self.ws.recv(16)))
         elif SEC_NONE in self.security_types:
             self.ws.send(bytes([SEC_NONE]))
         else:
@@ -217,11 +218,13 @@ class RfbClient:
         self.ws.send(struct.pack("!BBxxI", 4, 1 if down else 0, keysym))
 
 
-def wait_ready(host: str, port: int, deadline: float, poll: float = 0.1) -> float:
+def wait_ready(host: str, port: int, deadline: float, poll: float = 0.02) -> float:
     """Poll until an RFB banner arrives through websockify; returns seconds waited.
 
     Reaching x11vnc through websockify means Xvfb, x11vnc and websockify all run.
     Raises TimeoutError with the last reason when `deadline` (time.monotonic) passes.
+    A try that fails costs a refused connect, or websockify's failed connect to x11vnc,
+    both on this machine: polling every 20 ms (not 100) cuts 40 ms off the mean wait.
     """
     start = time.monotonic()
     last = "no answer"

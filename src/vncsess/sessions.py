@@ -6,21 +6,23 @@ of truth for which sessions exist (labels); the data dir holds what outlives the
 
 from __future__ import annotations
 
-import os
+import fcntl
 import re
 import secrets
-import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from vncsess import docker, images, rfb
-from vncsess.config import Settings, parse_duration, parse_resolution
-from vncsess.datadir import DataDir, container_ids, new_password
+from vncsess import engines, images, recordings, rfb
+from vncsess.config import Settings, for_new_session, parse_duration, parse_resolution
+from vncsess.datadir import DataDir, check_room, container_ids, env_text, new_secrets
+from vncsess.engines.base import Engine, Observed, Progress, SessionSecrets, SessionSpec
 from vncsess.errors import (
     BadInput,
     Conflict,
@@ -29,9 +31,8 @@ from vncsess.errors import (
     VncsessError,
     WaitTimeout,
 )
-from vncsess.models import Result, Session, project_name
-
-Progress = Callable[[str], None]
+from vncsess.models import Batch, Result, Session
+from vncsess.protocol import PAUSED, Status
 
 
 def _quiet(_: str) -> None:
@@ -47,8 +48,8 @@ DEFAULT_MODELS = {
     "GOOGLE_API_KEY": "google:gemini-2.5-flash",
     "GEMINI_API_KEY": "google:gemini-2.5-flash",
 }
-DISPLAY_NETWORK = "vncsess-display"
 MAX_TASK_BYTES = 256 * 1024
+MAX_TTL_S = 30 * 24 * 3600
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _SIZE = re.compile(r"^\d+(\.\d+)?[kmg]?$", re.IGNORECASE)
 
@@ -68,10 +69,6 @@ class UpOptions:
     no_internet: bool = False
     cpus: str = "1.5"
     memory: str = "2g"
-    # How long `up` waits for the display to answer before it gives up and cleans away.
-    ready_timeout: float = field(
-        default_factory=lambda: float(os.environ.get("VNCSESS_READY_TIMEOUT", "60"))
-    )
 
 
 # ------------------------------------------------------------------ validation
@@ -82,7 +79,18 @@ def resolve_llm(opts: UpOptions, env: dict[str, str]) -> str:
     llm = opts.llm.strip()
     if not llm:
         key = next((k for k in KEY_NAMES if env.get(k)), None)
-        return DEFAULT_MODELS[key] if key else "demo"
+        if key:
+            return DEFAULT_MODELS[key]
+        if opts.task.strip() not in ("", "demo"):
+            # The demo model can only do the demo task: running it on a real task fails
+            # minutes later with words that teach a newcomer nothing.
+            raise BadInput(
+                "no model is configured, and only `--task demo` runs without one",
+                hint="put a key in agent/.env (OPENAI_API_KEY=...) or give --env-file, or "
+                "choose one with --llm PROVIDER:MODEL (--base-url URL for an "
+                "OpenAI-compatible server); `--task demo` runs the offline demo",
+            )
+        return "demo"
     if llm == "demo":
         return llm
     provider, sep, model = llm.partition(":")
@@ -92,6 +100,19 @@ def resolve_llm(opts: UpOptions, env: dict[str, str]) -> str:
             hint="use demo or PROVIDER:MODEL with PROVIDER one of " + ", ".join(PROVIDERS),
         )
     return llm
+
+
+def models(settings: Settings) -> dict[str, Any]:
+    """Which models a new session can use here, for a form to offer: the default (what an
+    empty --llm resolves to), the providers' models whose key is configured, and the
+    providers. Names only: never a key, nor which variable holds it."""
+    _, env = read_env_file(settings.env_file, explicit=False)
+    configured = list(dict.fromkeys(DEFAULT_MODELS[k] for k in KEY_NAMES if env.get(k)))
+    return {
+        "default": configured[0] if configured else "demo",
+        "configured": configured,
+        "providers": list(PROVIDERS),
+    }
 
 
 def validate(opts: UpOptions) -> None:
@@ -104,6 +125,10 @@ def validate(opts: UpOptions) -> None:
         )
     if len(opts.task.encode()) > MAX_TASK_BYTES:
         raise BadInput("the task is too long", hint=f"keep it under {MAX_TASK_BYTES // 1024} KiB")
+    if opts.llm_base_url and not re.match(r"^https?://[^\s/]+", opts.llm_base_url):
+        raise BadInput(
+            f"malformed --base-url {opts.llm_base_url!r}", hint="for example http://host:8000/v1"
+        )
     if not 1 <= opts.max_steps <= 500:
         raise BadInput("--max-steps must be between 1 and 500")
     if not 1 <= opts.record_fps <= 60:
@@ -128,12 +153,7 @@ def read_env_file(path: Path | None, explicit: bool) -> tuple[str, dict[str, str
     from dotenv import dotenv_values
 
     values = {k: v for k, v in dotenv_values(path).items() if v}
-    text = "".join(f"{k}={_quote_env(v)}\n" for k, v in values.items())
-    return text, values
-
-
-def _quote_env(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return env_text(values), values
 
 
 def _check_port_free(bind: str, port: int) -> None:
@@ -150,129 +170,200 @@ def _check_port_free(bind: str, port: int) -> None:
 # ------------------------------------------------------------------ up
 
 
-def up(
-    settings: Settings, opts: UpOptions, progress: Progress, explicit_env: bool = False
-) -> Session:
+@contextmanager
+def _name_lock(settings: Settings, name: str) -> Iterator[None]:
+    """Two `up --name X` at once: the second waits until the first's containers exist
+    (and carry the name), then sees it taken. Unnamed sessions never wait."""
+    settings.cache.mkdir(parents=True, exist_ok=True)
+    with open(settings.cache / "names.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _check_name_free(settings: Settings, engine: Engine, name: str) -> None:
+    """A name belongs to one live session at a time, as `docker run --name` does; a session
+    that has ended (exited, expired) gives its name up."""
+    for s in _sessions(settings, engine.observe()):
+        if s.name == name and s.status not in ENDED:
+            raise Conflict(
+                f"the name {name!r} is in use by session {s.id}",
+                hint=f"choose another --name, or `vncsess stop {s.id}` first",
+            )
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """UpOptions checked and resolved: what every session of these options shares."""
+
+    resolution: str
+    ttl: int
+    llm: str
+    llm_env: str
+
+
+def _check(settings: Settings, opts: UpOptions, explicit_env: bool) -> _Checked:
     resolution = opts.resolution or settings.resolution
     w, h = parse_resolution(resolution)
-    resolution = f"{w}x{h}"
     ttl = parse_duration(opts.ttl) if opts.ttl else 0
+    if ttl > MAX_TTL_S:
+        raise BadInput(f"--ttl {opts.ttl} is too long", hint="at most 30 days (720h)")
     validate(opts)
     llm_env, env_values = read_env_file(settings.env_file, explicit_env)
-    llm = resolve_llm(opts, env_values)
-    task = opts.task
+    return _Checked(f"{w}x{h}", ttl, resolve_llm(opts, env_values), llm_env)
 
-    docker.require_compose()
-    built = images.ensure(settings, progress)
-    if built:
-        progress("built " + ", ".join(built))
+
+def _spec(
+    settings: Settings, opts: UpOptions, checked: _Checked, session_id: str, keys: SessionSecrets
+) -> SessionSpec:
+    uid, gid = container_ids()
+    now = datetime.now(UTC)
+    ttl = checked.ttl
+    return SessionSpec(
+        session_id=session_id,
+        name=opts.name,
+        created_at=now.isoformat(timespec="seconds"),
+        resolution=checked.resolution,
+        data_dir=settings.session_dir(session_id),
+        public_host=settings.public_host,
+        bind=settings.bind,
+        port=opts.port,
+        vnc_image=settings.vnc_image,
+        agent_image=settings.agent_image,
+        uid=uid,
+        gid=gid,
+        llm=checked.llm,
+        llm_base_url=opts.llm_base_url,
+        max_steps=opts.max_steps,
+        demo_step_delay=settings.demo_step_delay,
+        no_internet=opts.no_internet,
+        record=opts.record,
+        record_fps=opts.record_fps,
+        ttl_s=ttl,
+        expires_at=(now + timedelta(seconds=ttl)).isoformat(timespec="seconds") if ttl else "",
+        agent_cpus=opts.cpus,
+        agent_memory=opts.memory,
+        secrets=keys,
+        owner=settings.owner,
+    )
+
+
+def plan(settings: Settings, opts: UpOptions, explicit_env: bool = False) -> str:
+    """What `up` would ask the engine to create (`up --dry-run`), in the engine's own words
+    (Kubernetes manifests, the compose file); nothing is created, no secret is shown."""
+    settings = for_new_session(settings)
+    checked = _check(settings, opts, explicit_env)
+    keys = new_secrets(opts.task, checked.llm_env)
+    return engines.load(settings).plan(_spec(settings, opts, checked, secrets.token_hex(4), keys))
+
+
+def up(
+    settings: Settings, opts: UpOptions, progress: Progress = _quiet, explicit_env: bool = False
+) -> Session:
+    """Start a session and return it once its display answers through noVNC."""
+    settings = for_new_session(settings)
+    checked = _check(settings, opts, explicit_env)
+    check_room(settings.sessions_dir)
+
+    engine = engines.load(settings)
+    engine.check()
+    if engine.builds_images:
+        built = images.ensure(settings, progress)
+        if built:
+            progress("built " + ", ".join(built))
     if opts.port is not None:
         _check_port_free(settings.bind, opts.port)
 
-    session_id = secrets.token_hex(4)
-    data = DataDir(settings.session_dir(session_id))
-    project = project_name(session_id)
-    started = time.monotonic()
+    with _name_lock(settings, opts.name) if opts.name else nullcontext():
+        if opts.name:
+            _check_name_free(settings, engine, opts.name)
+        session_id = secrets.token_hex(4)
+        data = DataDir(settings.session_dir(session_id))
+        started = time.monotonic()
+        keys = new_secrets(opts.task, checked.llm_env)
+        spec = _spec(settings, opts, checked, session_id, keys)
+        try:
+            data.create(keys)
+            progress(f"starting session {session_id}")
+            engine.start(spec)
+        except BaseException:
+            _discard(engine, session_id, data)
+            raise
     try:
-        data.create(task, llm_env, view_secret=new_password(), control_secret=new_password())
-        files = _render_compose(data, opts.no_internet)
-        uid, gid = container_ids()
-        now = datetime.now(UTC)
-        expires = (now + timedelta(seconds=ttl)).isoformat(timespec="seconds") if ttl else ""
-        env = {
-            "SESSION_ID": session_id,
-            "SESSION_NAME": opts.name,
-            "CREATED_AT": now.isoformat(timespec="seconds"),
-            "TTL": str(ttl) if ttl else "",
-            "EXPIRES_AT": expires,
-            "RESOLUTION": resolution,
-            "DATA_DIR": str(data.path),
-            "PUBLIC_HOST": settings.public_host,
-            "BIND": settings.bind,
-            "NOVNC_PORT": str(opts.port) if opts.port else "",
-            "DISPLAY_NETWORK": DISPLAY_NETWORK,
-            "VNC_IMAGE": settings.vnc_image,
-            "AGENT_IMAGE": settings.agent_image,
-            "VNCSESS_UID": str(uid),
-            "VNCSESS_GID": str(gid),
-            "PIDS_LIMIT": "1024",
-            "VNC_CPUS": "1.0",
-            "VNC_MEMORY": "512m",
-            "AGENT_CPUS": opts.cpus,
-            "AGENT_MEMORY": opts.memory,
-            "LLM": llm,
-            "LLM_BASE_URL": opts.llm_base_url,
-            "MAX_STEPS": str(opts.max_steps),
-            # The demo model pauses between steps so people can follow it; tests set 0.
-            "DEMO_STEP_DELAY": os.environ.get("VNCSESS_DEMO_STEP_DELAY", "1.0"),
-            "NO_INTERNET": "1" if opts.no_internet else "",
-            "RECORD": "1" if opts.record else "",
-            "RECORD_FPS": str(opts.record_fps),
-        }
-        data.env_file.write_text("".join(f"{k}={_quote_env(v)}\n" for k, v in env.items()))
-        progress(f"starting session {session_id}")
-        docker.ensure_display_network(DISPLAY_NETWORK)
-        docker.compose_up(project, files, data.env_file)
-        session = _wait_ready(settings, session_id, started + opts.ready_timeout)
+        session = _wait_ready(settings, engine, session_id, started + settings.ready_timeout)
+        # When the display first answered: the event stream's `session.ready`, durable so
+        # that a restarted `serve` tells it too.
+        data.write_json(data.ready_file, {"at": _now_iso(), "novnc_port": session.novnc_port})
+        return session
     except BaseException:
         # A failed (or interrupted) up leaves nothing behind: no containers, no data dir.
-        try:
-            docker.compose_down(project)
-        finally:
-            data.remove()
+        _discard(engine, session_id, data)
         raise
-    return session
 
 
-def _render_compose(data: DataDir, no_internet: bool) -> list[Path]:
-    """Copy the compose template (and the no-internet override) into the data dir:
-    the session is then reproducible with plain `docker compose` from there."""
-    src = images.asset_dir("compose")
-    shutil.copyfile(src / "session.yml", data.compose_file)
-    files = [data.compose_file]
-    if no_internet:
-        override = data.path / "no-internet.yml"
-        shutil.copyfile(src / "no-internet.yml", override)
-        files.append(override)
-    return files
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _connect_host(settings: Settings) -> str:
-    return "127.0.0.1" if settings.bind in ("0.0.0.0", "", "::") else settings.bind
+def _discard(engine: Engine, session_id: str, data: DataDir) -> None:
+    try:
+        engine.remove([session_id])
+    finally:
+        data.remove()
 
 
-def _wait_ready(settings: Settings, session_id: str, deadline: float) -> Session:
+def _wait_ready(settings: Settings, engine: Engine, session_id: str, deadline: float) -> Session:
     """Until an RFB banner comes back through noVNC's websockify. Checks the containers
     now and then so a crash fails fast with its own words rather than a timeout."""
-    session = get(settings, session_id)
-    while session.novnc_port is None and time.monotonic() < deadline:
+    seen = _observe_exact(engine, session_id)
+    while seen.endpoint is None and time.monotonic() < deadline:
+        if "dead" in seen.services.values():  # it will not start (an image not pulled...)
+            raise SessionFailed(
+                f"session {session_id} did not start: {seen.reason or 'a container is dead'}",
+                hint="nothing was left behind; fix the cause and start it again",
+            )
         time.sleep(0.1)
-        session = get(settings, session_id)
-    if session.novnc_port is None:
+        seen = _observe_exact(engine, session_id)
+    session = _session_from(seen, settings)
+    if session.endpoint is None:
         raise SessionFailed("the vnc container published no port", hint=_logs_hint(session_id))
+    host, port = session.endpoint
     while True:
         try:
-            rfb.wait_ready(
-                _connect_host(settings), session.novnc_port, min(deadline, time.monotonic() + 2)
-            )
-            return get(settings, session_id)
+            rfb.wait_ready(host, port, min(deadline, time.monotonic() + 2))
+            # What the engine said a moment ago still holds (both services were running);
+            # the agent's own state is read afresh from the data dir.
+            return _session_from(seen, settings)
         except TimeoutError as exc:
-            session = get(settings, session_id)
+            session = _get_exact(settings, engine, session_id)
             dead = [
                 s for s, state in session.services.items() if state not in ("running", "created")
             ]
             if dead or time.monotonic() >= deadline:
                 why = f"{', '.join(dead)} exited" if dead else f"no VNC answer ({exc})"
-                tail = _last_log_line(session_id, dead[0] if dead else "vnc")
+                tail = _last_log_line(engine, session_id, dead[0] if dead else "vnc")
                 raise SessionFailed(
                     f"session {session_id} did not start: {why}" + (f": {tail}" if tail else ""),
                     hint="`vncsess build` rebuilds the images; the logs were removed with it",
                 ) from None
 
 
-def _last_log_line(session_id: str, service: str) -> str:
+def _observe_exact(engine: Engine, session_id: str) -> Observed:
+    found = engine.observe(session_id)
+    if not found:
+        raise SessionFailed(f"session {session_id} vanished while starting")
+    return found[0]
+
+
+def _get_exact(settings: Settings, engine: Engine, session_id: str) -> Session:
+    return _session_from(_observe_exact(engine, session_id), settings)
+
+
+def _last_log_line(engine: Engine, session_id: str, service: str) -> str:
     try:
-        lines = list(docker.compose_logs(project_name(session_id), [service], False, 5))
+        lines = list(engine.logs(session_id, [service], False, 5))
     except VncsessError:
         return ""
     lines = [ln.split("|", 1)[-1].strip() for ln in lines if ln.strip()]
@@ -285,71 +376,48 @@ def _logs_hint(session_id: str) -> str:
 
 # ------------------------------------------------------------------ listing
 
-
-def _labels(container: dict[str, Any]) -> dict[str, str]:
-    return dict(container.get("Config", {}).get("Labels") or {})
+ENDED = ("exited", "expired")
 
 
-def _session_from(containers: list[dict[str, Any]], settings: Settings) -> Session:
-    labels = _labels(containers[0])
-    services: dict[str, str] = {}
-    health = ""
-    port: int | None = None
-    for c in containers:
-        svc = _labels(c).get("vncsess.service", "?")
-        state = c.get("State", {})
-        services[svc] = state.get("Status", "unknown")
-        if svc == "vnc":
-            health = (state.get("Health") or {}).get("Status", "")
-            bindings = (c.get("NetworkSettings", {}).get("Ports") or {}).get("6080/tcp") or []
-            if bindings and state.get("Status") == "running":
-                port = int(bindings[0]["HostPort"])
-    expires = labels.get("vncsess.expires") or ""
+def _session_from(seen: Observed, settings: Settings) -> Session:
+    meta = seen.meta
+    expires = meta.get("expires") or ""
     expires_at = datetime.fromisoformat(expires) if expires else None
-    status = _status(services, health)
+    status = _status(seen.services, seen.health)
     if status == "exited" and expires_at and expires_at <= datetime.now(UTC):
         status = "expired"
-    sid = labels["vncsess.session"]
-    data = DataDir(Path(labels.get("vncsess.data-dir") or settings.session_dir(sid)))
-    agent = data.read_json(data.status_file) or {}
+    data = DataDir(Path(meta.get("data-dir") or settings.session_dir(seen.session_id)))
+    raw = data.read_json(data.status_file)
     control = (data.read_json(data.control_file) or {}).get("state", "watching")
-    agent_state = str(
-        agent.get("state", "unknown" if services.get("agent") == "running" else "stopped")
-    )
-    if agent_state == "paused" and control == "watching":
+    if raw is not None:
+        agent_state = Status.from_dict(raw).state
+    else:
+        agent_state = "unknown" if seen.services.get("agent") == "running" else "stopped"
+    if agent_state == PAUSED and control == "watching":
         control = "paused"
     view, ctl = data.vnc_secrets()
-    created = datetime.fromisoformat(labels.get("vncsess.created") or "1970-01-01T00:00:00+00:00")
+    created = datetime.fromisoformat(meta.get("created") or "1970-01-01T00:00:00+00:00")
     return Session(
-        id=sid,
-        name=labels.get("vncsess.name", ""),
+        id=seen.session_id,
+        name=meta.get("name", ""),
         status=status,
         created_at=created,
-        resolution=labels.get("vncsess.resolution", ""),
-        novnc_port=port,
-        url_host=labels.get("vncsess.public-host") or settings.url_host(),
+        resolution=meta.get("resolution", ""),
+        novnc_port=seen.novnc_port,
+        endpoint=seen.endpoint,
+        url_host=meta.get("public-host") or settings.url_host(),
         data_dir=data.path,
-        llm=labels.get("vncsess.llm", ""),
-        services=services,
+        llm=meta.get("llm", ""),
+        services=dict(seen.services),
         agent_state=agent_state,
         control=control,
-        no_internet=bool(labels.get("vncsess.no-internet")),
-        recording=_recording_now(data),
+        no_internet=bool(meta.get("no-internet")),
+        recording=recordings.recording_now(data),
         expires_at=expires_at,
         view_secret=view,
         control_secret=ctl,
+        owner=meta.get("owner", ""),
     )
-
-
-def _recording_now(data: DataDir) -> str:
-    """The recording being written, judged without a docker exec (ls must stay fast): ffmpeg
-    flushes every packet, so a live partial changes all the time; a stale one was killed and
-    waits for the next command that repairs it."""
-    if not data.recordings.is_dir():
-        return ""
-    now = time.time()
-    live = [p for p in data.recordings.glob("*.partial.mp4") if now - p.stat().st_mtime < 5]
-    return max(live, key=lambda p: p.stat().st_mtime).name if live else ""
 
 
 def _status(services: dict[str, str], health: str) -> str:
@@ -365,34 +433,77 @@ def _status(services: dict[str, str], health: str) -> str:
     return "exited"
 
 
-def list_sessions(settings: Settings) -> list[Session]:
-    """All sessions on this engine, newest first, from one listing of labelled containers."""
-    by_id: dict[str, list[dict[str, Any]]] = {}
-    for c in docker.session_containers():
-        sid = _labels(c).get("vncsess.session")
-        if sid:
-            by_id.setdefault(sid, []).append(c)
-    sessions = [_session_from(cs, settings) for cs in by_id.values()]
-    return sorted(sessions, key=lambda s: s.created_at, reverse=True)
+def _sessions(settings: Settings, seen: list[Observed]) -> list[Session]:
+    found = [_session_from(o, settings) for o in seen]
+    return sorted(found, key=lambda s: s.created_at, reverse=True)
+
+
+def list_sessions(settings: Settings, status: str = "", name: str = "") -> list[Session]:
+    """All sessions on this engine, newest first, from what the engine reports. `status`
+    keeps those in that status; `name` those whose name contains it (as docker's own name
+    filter does)."""
+    found = _sessions(settings, engines.load(settings).observe())
+    return [s for s in found if (not status or s.status == status) and (not name or name in s.name)]
+
+
+def completions(settings: Settings) -> list[tuple[str, str]]:
+    """What a shell completes a session reference with: each session's id (described by its
+    name and state) and its name, from the engine's metadata alone (no data dirs read)."""
+    seen = engines.load(settings).observe()
+    out = []
+    for o in seen:
+        name = o.meta.get("name", "")
+        state = _status(o.services, o.health)
+        out.append((o.session_id, f"{name}, {state}" if name else state))
+    out += [(o.meta["name"], o.session_id) for o in seen if o.meta.get("name")]
+    return out
 
 
 def get(settings: Settings, ref: str) -> Session:
-    """A running session by id, unique id prefix or name."""
+    """A session by id, unique id prefix or name."""
     ref = ref.strip()
     if not ref:
         raise BadInput("empty session id", hint="see `vncsess ls`")
-    exact = docker.session_containers(ref)
+    engine = engines.load(settings)
+    exact = engine.observe(ref)
     if exact:
-        return _session_from(exact, settings)
-    matches = [s for s in list_sessions(settings) if s.id.startswith(ref) or s.name == ref]
+        return _session_from(exact[0], settings)
+    return _match(ref, _sessions(settings, engine.observe()))
+
+
+def _match(ref: str, candidates: list[Session]) -> Session:
+    by_name = [s for s in candidates if s.name == ref]
+    live = [s for s in by_name if s.status not in ENDED]
+    # A name is unique among live sessions; an ended one may share it with a live one.
+    matches = live or by_name or [s for s in candidates if s.id.startswith(ref)]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
         raise BadInput(
-            f"{ref!r} matches {len(matches)} sessions",
-            hint="use more characters of the id: " + ", ".join(s.id for s in matches),
+            f"{ref!r} matches {len(matches)} sessions: " + ", ".join(s.id for s in matches),
+            hint="use more characters of the id",
         )
     raise NotFound(f"no session {ref!r}", hint="see `vncsess ls` for running sessions")
+
+
+def get_many(settings: Settings, refs: list[str]) -> tuple[list[Session], list[VncsessError]]:
+    """Each reference resolved on its own, as `docker rm a b` does: the sessions found
+    (once each), and an error for every reference that names none or several."""
+    if not refs:
+        raise BadInput("no session given", hint="name one or more ids, or use --all")
+    engine = engines.load(settings)
+    every = _sessions(settings, engine.observe())
+    by_id = {s.id: s for s in every}
+    found: dict[str, Session] = {}
+    errors: list[VncsessError] = []
+    for ref in refs:
+        try:
+            s = by_id.get(ref.strip()) or _match(ref.strip(), every)
+        except VncsessError as exc:
+            errors.append(exc)
+            continue
+        found.setdefault(s.id, s)
+    return list(found.values()), errors
 
 
 def data_dir_of(settings: Settings, ref: str) -> DataDir:
@@ -408,39 +519,60 @@ def data_dir_of(settings: Settings, ref: str) -> DataDir:
     raise NotFound(f"no session or data dir {ref!r}", hint=f"data dirs live in {d}")
 
 
+def artifacts(settings: Settings, ref: str | None = None) -> list[tuple[DataDir, Session | None]]:
+    """Data dirs (every one, or one session's) with the live session of each, if any:
+    what recordings and files are listed from."""
+    live = {s.id: s for s in list_sessions(settings)}
+    if ref:
+        dirs = [data_dir_of(settings, ref)]
+    elif settings.sessions_dir.is_dir():
+        dirs = [DataDir(p) for p in sorted(settings.sessions_dir.iterdir()) if p.is_dir()]
+    else:
+        dirs = []
+    return [(d, live.get(d.path.name)) for d in dirs]
+
+
 # ------------------------------------------------------------------ stop, logs
 
 
 def stop(
     settings: Settings, refs: list[str], stop_all: bool = False, progress: Progress = _quiet
-) -> list[str]:
+) -> Batch:
     """Remove each session's containers, networks and volumes; keep its data dir
-    (recordings finalised first, secrets deleted). Returns the ids stopped."""
+    (recordings finalised first, secrets deleted). Acts on every reference it can resolve
+    and reports the others in the Batch's errors."""
+    errors: list[VncsessError] = []
     if stop_all:
         targets = list_sessions(settings)
     else:
-        if not refs:
-            raise BadInput("no session given", hint="name one or more ids, or use --all")
-        targets = [get(settings, r) for r in refs]
-    from vncsess import recordings
-
-    stopped = []
+        targets, errors = get_many(settings, refs)
+    engine = engines.load(settings)
+    if not targets:
+        return Batch(done=[], errors=errors)
     for s in targets:
         progress(f"stopping {s.id}")
-        recordings.stop_running(settings, s)
-        docker.compose_down(s.project)
+    # Recordings end first, side by side (each waits for its ffmpeg to finish the file).
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda s: recordings.stop_running(engine, s), targets))
+    # One removal for all: the engine stops every container at once, where one removal per
+    # session queued them (16 sessions: 23 s).
+    engine.remove([s.id for s in targets])
+
+    def tidy(s: Session) -> None:
         data = DataDir(s.data_dir)
         data.forget_secrets()
-        recordings.finalize_partials(settings, data)
-        stopped.append(s.id)
-    return stopped
+        recordings.finalize_partials(settings, engine, data)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(tidy, targets))
+    return Batch(done=[s.id for s in targets], errors=errors)
 
 
 def prune(settings: Settings, progress: Progress = _quiet) -> list[str]:
     """Remove every session that has ended by itself (expired, or all containers exited),
     as `stop` would: recordings finalised, data dirs kept."""
-    ended = [s.id for s in list_sessions(settings) if s.status in ("expired", "exited")]
-    return stop(settings, ended, progress=progress) if ended else []
+    ended = [s.id for s in list_sessions(settings) if s.status in ENDED]
+    return stop(settings, ended, progress=progress).done if ended else []
 
 
 def logs(
@@ -448,7 +580,7 @@ def logs(
 ) -> Iterator[str]:
     session = get(settings, ref)
     services = [service] if service else []
-    return docker.compose_logs(session.project, services, follow, tail)
+    return engines.load(settings).logs(session.id, services, follow, tail)
 
 
 # ------------------------------------------------------------------ results
@@ -470,33 +602,48 @@ def wait(
 ) -> tuple[Session, Result]:
     """Block until the agent writes its result. Fails fast if the session dies first."""
     session = get(settings, ref)
-    data = DataDir(session.data_dir)
     deadline = None if timeout is None else time.monotonic() + timeout
     checked = time.monotonic()
     while True:
-        raw = data.read_json(data.result_file)
-        if raw is not None:
-            return session, Result.from_dict(raw)
         now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            raise WaitTimeout(
-                f"no result from session {session.id} after {timeout:g}s",
-                hint="the session keeps running; wait again or `vncsess stop` it",
-            )
-        if now - checked > 2:  # a dead agent will never write a result
+        alive = now - checked > 2  # now and then: a dead agent will never write a result
+        if alive:
             checked = now
-            try:
-                session = get(settings, session.id)
-            except NotFound:
-                raise SessionFailed(
-                    f"session {data.path.name} was stopped before the agent finished"
-                ) from None
-            if session.services.get("agent") not in ("running", "created"):
-                raise SessionFailed(
-                    f"the agent of session {session.id} exited without a result",
-                    hint=_logs_hint(session.id),
-                )
+        res = result_now(settings, session, check_alive=alive)
+        if res is not None:
+            return session, res
+        if deadline is not None and now >= deadline:
+            raise wait_timeout(session.id, timeout or 0)
         time.sleep(poll)
+
+
+def result_now(settings: Settings, session: Session, check_alive: bool = True) -> Result | None:
+    """One look for `wait` (the CLI's loop, or the API's without a thread per waiter): the
+    result if the agent wrote it, else None; SessionFailed when no result will ever come."""
+    data = DataDir(session.data_dir)
+    raw = data.read_json(data.result_file)
+    if raw is not None:
+        return Result.from_dict(raw)
+    if check_alive:
+        try:
+            session = get(settings, session.id)
+        except NotFound:
+            raise SessionFailed(
+                f"session {data.path.name} was stopped before the agent finished"
+            ) from None
+        if session.services.get("agent") not in ("running", "created"):
+            raise SessionFailed(
+                f"the agent of session {session.id} exited without a result",
+                hint=_logs_hint(session.id),
+            )
+    return None
+
+
+def wait_timeout(session_id: str, timeout: float) -> WaitTimeout:
+    return WaitTimeout(
+        f"no result from session {session_id} after {timeout:g}s",
+        hint="the session keeps running; wait again or `vncsess stop` it",
+    )
 
 
 # ------------------------------------------------------------------ take control
@@ -516,13 +663,34 @@ def set_control(settings: Settings, ref: str, take: bool) -> Session:
         )
     if not take and session.control == "watching":
         raise Conflict(f"session {session.id} is not under control", hint="nothing to resume")
+    engine = engines.load(settings)
     if session.services.get("agent") == "running":
-        docker.signal(f"{session.project}-agent-1", "SIGUSR1" if take else "SIGUSR2")
+        engine.signal(session.id, "agent", "SIGUSR1" if take else "SIGUSR2")
     # A fresh interactive password each time control is taken, and another at resume, so
     # a control URL handed out earlier no longer opens a new connection.
-    data.rotate_control_secret()
+    engine.push_vnc_passwd(session.id, data.path, data.rotate_control_secret())
     data.write_json(
         data.control_file,
         {"state": "controlled" if take else "watching", "since": datetime.now(UTC).isoformat()},
     )
     return get(settings, session.id)
+
+
+def url(settings: Settings, ref: str, control: bool = False) -> str:
+    """The session's watch URL, or with control its keyboard-and-mouse URL: that one only
+    while the agent is paused (`control`), as to_dict shows it, or person and agent would
+    fight over the mouse."""
+    session = get(settings, ref)
+    if session.novnc_port is None:
+        raise Conflict(
+            f"session {session.id} is {session.status}: it has no viewer URL",
+            hint=f"see `vncsess logs {session.id}`, or start another with `vncsess up`",
+        )
+    if not control:
+        return session.novnc_url
+    if session.control == "watching" or not session.control_url:
+        raise Conflict(
+            f"session {session.id} is not under your control (the agent has it)",
+            hint=f"`vncsess control {session.id}` pauses the agent and gives you the control URL",
+        )
+    return session.control_url
