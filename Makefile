@@ -39,7 +39,16 @@ compose-v2: $(BIN)/vncsess
 .PHONY: host-tools
 host-tools:
 	@if ! command -v debootstrap >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then \
-	  apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; \
+	  apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=600 debootstrap >/dev/null; \
+	fi
+
+# Browser tests drive Debian's Chromium through Playwright (nothing can be downloaded by
+# `playwright install` here, nor is it needed).
+.PHONY: browser
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium >/dev/null; \
 	fi
 
 images: setup
@@ -51,7 +60,7 @@ demo: images
 unit: setup
 	$(BIN)/pytest -m "not docker" $(PYTEST_ARGS)
 
-test: images
+test: images browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup
@@ -61,6 +70,7 @@ lint: setup
 
 bench: images
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/fleet.py
 
 clean:
 	-$(BIN)/vncsess stop --all
