@@ -658,8 +658,11 @@ def open_(session_id: IdArg, control: ControlOpt = False) -> None:
 @app.command()
 @handled
 def doctor(json_: JsonOpt = False) -> None:
-    """Check this machine for vncsess: Docker, compose, images, disk, networks, model keys,
-    ports. Exit 0 when `up` can work (warnings allowed), 3 when something would stop it."""
+    """Check this machine for vncsess, with a fix for each problem.
+
+    Checks Docker, compose, the images, disk, networks, model keys and ports.
+
+    Exits 0 when `up` can work (warnings allowed), 3 when something would stop it."""
     from vncsess import doctor as doc
 
     settings = _settings()
