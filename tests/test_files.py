@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, Cli
+from tests.test_dashboard import Dash, dash, server  # noqa: F401 (fixtures used by name)
 from vncsess import files
 from vncsess.config import Settings, parse_size
 from vncsess.datadir import DataDir, new_secrets
@@ -294,11 +295,11 @@ def test_eicar_is_refused_and_leaves_nothing(cli: Cli, tmp_path: Path) -> None:
 def api(cli: Cli) -> Iterator[tuple[str, dict[str, str]]]:
     from tests.test_api import AUTH, start_server
 
-    server = start_server(cli, VNCSESS_SCAN_COMMAND=SCANNER)
+    srv = start_server(cli, VNCSESS_SCAN_COMMAND=SCANNER)
     try:
-        yield server.base, AUTH
+        yield srv.base, AUTH
     finally:
-        server.stop()
+        srv.stop()
 
 
 @pytest.mark.docker
@@ -367,3 +368,37 @@ def test_enable_file_transfer_false_refuses_with_403(
     src.write_text("x")
     refused = cli.run("cp", str(src), f"{sid}:")
     assert refused.returncode == ExitCode.CONFLICT and "file transfer is off" in refused.stderr
+
+
+# ------------------------------------------------------------------ the dashboard
+
+
+@pytest.mark.docker
+def test_the_dashboard_files_panel_uploads_lists_and_downloads(
+    dash: Dash,  # noqa: F811 (the fixture imported above)
+    cli: Cli,
+    tmp_path: Path,
+) -> None:
+    sid = dash.session(name="files-panel")["session_id"]
+    # What Chromium would save there (the agent test proves a real download lands there).
+    (cli.home / "sessions" / sid / "agent" / "downloads" / "report.csv").write_text("a,b\n1,2\n")
+    dash.sign_in()
+    dash.goto(f"/s/{sid}")
+    page = dash.page
+    panel = page.locator("section.files")
+    panel.get_by_text("downloads/report.csv").wait_for()
+    notes = tmp_path / "meeting notes.txt"
+    notes.write_text("agenda: files\n")
+    page.set_input_files("#f-upload", str(notes))
+    panel.get_by_role("button", name="Upload").click()
+    panel.get_by_text("uploads/meeting notes.txt").wait_for()
+    inside = _docker("exec", f"vncsess-{sid}-agent-1", "cat", "/data/uploads/meeting notes.txt")
+    assert inside.stdout == "agenda: files\n"
+    with page.expect_download() as caught:
+        panel.get_by_role("row", name="downloads/report.csv").get_by_role("link").click()
+    got = tmp_path / "got.csv"
+    caught.value.save_as(got)
+    assert got.read_text() == "a,b\n1,2\n" and caught.value.suggested_filename == "report.csv"
+    if os.environ.get("VNCSESS_SCREENSHOTS"):  # docs/dashboard-files.png
+        panel.scroll_into_view_if_needed()
+        panel.screenshot(path=os.environ["VNCSESS_SCREENSHOTS"])
