@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Cli
+from tests.conftest import ROOT, RUN_OWNER, Cli
 from tests.test_dashboard import Dash, dash, server  # noqa: F401 (fixtures used by name)
 from vncsess import files
 from vncsess.config import Settings, parse_size
@@ -207,7 +207,8 @@ def test_the_agent_uploads_a_file_and_its_download_comes_back_after_stop(
     out = json.loads(proc.stdout)
     sid, result = out["session_id"], out["result"]
     # The page read the file it was given: its name, size and first line, from the browser.
-    said = 'The page received notes.txt (43 bytes) beginning "Quarterly numbers: 42 apples".'
+    size = notes.stat().st_size
+    said = f'The page received notes.txt ({size} bytes) beginning "Quarterly numbers: 42 apples".'
     assert said in result["final_text"], result
     assert "receipt.txt" in result["final_text"]
 
@@ -247,7 +248,7 @@ def test_eicar_is_refused_and_leaves_nothing(cli: Cli, tmp_path: Path) -> None:
     refused = cli.run_with(["up", "--json", "--upload", str(clean), "--upload", str(eicar)], env)
     assert refused.returncode == ExitCode.BAD_INPUT, refused.stderr
     assert "the scan refused eicar.com" in refused.stderr
-    assert cli.json("ls") == []
+    assert [s for s in cli.json("ls") if s["owner"] == RUN_OWNER] == []
     assert not (cli.home / "sessions").exists() or not any((cli.home / "sessions").iterdir())
 
     sid = cli.up(**env)["session_id"]
