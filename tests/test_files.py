@@ -401,5 +401,6 @@ def test_the_dashboard_files_panel_uploads_lists_and_downloads(
     caught.value.save_as(got)
     assert got.read_text() == "a,b\n1,2\n" and caught.value.suggested_filename == "report.csv"
     if os.environ.get("VNCSESS_SCREENSHOTS"):  # docs/dashboard-files.png
+        page.wait_for_timeout(4500)  # the toast gone
         panel.scroll_into_view_if_needed()
         panel.screenshot(path=os.environ["VNCSESS_SCREENSHOTS"])
