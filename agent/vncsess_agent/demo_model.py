@@ -9,6 +9,11 @@ browser-use sends it, like a real model would:
    and click it;
 3. read the revealed sentence from the next state and finish with `done`, quoting it.
 
+On the upload page (`upload.html`: a task that names it) it uploads the first file of its
+`available_file_paths` (the session's uploads) into the page's `<input type=file>`, clicks
+the receipt the page then offers, and finishes once the download is among its files, quoting
+what the page says it received.
+
 Anything else (no button, no secret after clicking) ends with `done(success=False)` and a
 reason. Each answer waits VNCSESS_DEMO_STEP_DELAY seconds (default 1) so people can follow the
 run in noVNC.
@@ -39,6 +44,11 @@ SECRET_RE = re.compile(r"The demo secret is: ([A-Za-z0-9-]+)")
 URL_RE = re.compile(r"https?://[^\s<>\"']+")
 TAB_RE = re.compile(r"^Tab (\w+): (\S+)", re.MULTILINE)
 CURRENT_TAB_RE = re.compile(r"^Current tab: (\w+)", re.MULTILINE)
+FILE_INPUT_RE = re.compile(r"\[(\d+)\]<input\b[^>\n]*\btype=file\b")
+RECEIPT_RE = re.compile(r"\[(\d+)\]<a\b[^>\n]*\bid=receipt\b")
+RECEIVED_RE = re.compile(r"The page received [^\n]*?\(\d+ bytes\) beginning \"[^\n]*?\"\.")
+FILES_RE = re.compile(r"<available_file_paths>(.*?)</available_file_paths>", re.DOTALL)
+MAX_WAITS = 5
 
 
 def _text_of(message: BaseMessage) -> str:
@@ -87,6 +97,8 @@ class DemoChatModel:
     # Clicks decided so far. A decision can be thrown away (browser-use drops the answer when
     # the agent is paused mid-call), so this is a bound, not a fact: give up after MAX_CLICKS.
     clicks: int = field(default=0, init=False)
+    uploads: int = field(default=0, init=False)  # upload_file actions decided (a bound too)
+    waits: int = field(default=0, init=False)  # steps waited for the receipt's download
     _verified_api_keys: bool = True
 
     @property
@@ -148,6 +160,10 @@ class DemoChatModel:
         demo_url = next(iter(URL_RE.findall(task)), None)
         current_url = _current_url(browser_state)
 
+        upload = self._upload_step(latest, browser_state)
+        if upload is not None:
+            return upload
+
         secret = SECRET_RE.search(browser_state)
         if secret:
             sentence = secret.group(0)
@@ -188,6 +204,69 @@ class DemoChatModel:
             goal="Give up and report the problem.",
             action={"done": {"text": reason, "success": False}},
         )
+
+    def _upload_step(self, latest: str, browser_state: str) -> dict[str, Any] | None:
+        """The upload page's steps, or None when this is not the upload page."""
+        files = FILES_RE.search(latest)
+        paths = [
+            line.strip()
+            for line in (files.group(1) if files else "").splitlines()
+            if line.strip().startswith("/")
+        ]
+        uploads = [p for p in paths if "/uploads/" in p]
+        downloads = [p for p in paths if "/downloads/" in p]
+        received = RECEIVED_RE.search(browser_state)
+        if received:
+            sentence = received.group(0)
+            receipt = RECEIPT_RE.search(browser_state)
+            if downloads or self.waits >= MAX_WAITS or receipt is None:
+                saved = f" Its receipt was downloaded as {downloads[-1].rsplit('/', 1)[-1]}."
+                return self._output(
+                    evaluation="The page received the file.",
+                    memory=sentence,
+                    goal="Report what the page received and finish.",
+                    action={
+                        "done": {
+                            "text": sentence + (saved if downloads else " No receipt came."),
+                            "success": bool(downloads),
+                        }
+                    },
+                )
+            if self.waits == 0:
+                self.waits += 1
+                index = int(receipt.group(1))
+                return self._output(
+                    evaluation="The page received the file and offers a receipt.",
+                    memory=sentence,
+                    goal=f"Download the receipt [{index}].",
+                    action={"click": {"index": index}},
+                )
+            self.waits += 1
+            return self._output(
+                evaluation="The receipt is not among my files yet.",
+                memory=sentence,
+                goal="Wait for the receipt's download.",
+                action={"wait": {"seconds": 1}},
+            )
+        file_input = FILE_INPUT_RE.search(browser_state)
+        if file_input and uploads and self.uploads < MAX_CLICKS:
+            self.uploads += 1
+            index = int(file_input.group(1))
+            return self._output(
+                evaluation="The page has a file field, and I have a file to give it.",
+                memory=f"Files available: {', '.join(uploads)}",
+                goal=f"Upload {uploads[0]} into the file field [{index}].",
+                action={"upload_file": {"index": index, "path": uploads[0]}},
+            )
+        if file_input and not uploads:
+            reason = "The page asks for a file, but the session has no uploads."
+            return self._output(
+                evaluation=reason,
+                memory=reason,
+                goal="Give up and report the problem.",
+                action={"done": {"text": reason, "success": False}},
+            )
+        return None
 
     @staticmethod
     def _output(evaluation: str, memory: str, goal: str, action: dict[str, Any]) -> dict[str, Any]:

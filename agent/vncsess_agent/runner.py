@@ -23,6 +23,7 @@ Files (each may be missing)
   /data/status.json       {"state", "step", "url", "updated_at"}, rewritten as the run goes
   /data/events.jsonl      one JSON line per step, pause, resume and the end (protocol.py)
   /data/downloads/        the browser's downloads
+  /data/uploads/          files vncsess put in (read-only): the agent's available_file_paths
 Signals
   SIGUSR1 pause the agent before its next action (state "paused")
   SIGUSR2 resume it (state "running")
@@ -44,10 +45,11 @@ import sys
 import threading
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from vncsess_agent import chromium, logs, webserver
+from vncsess_agent import chromium, files, logs, webserver
 from vncsess_agent import settings as settings_mod
 from vncsess_agent.display import DisplayError, wait_for_display, watch_display
 from vncsess_agent.outputs import Outputs, utc_now
@@ -285,6 +287,7 @@ class Runner:
             calculate_cost=False,
             generate_gif=False,
             register_new_step_callback=self._on_step,
+            available_file_paths=files.uploads(self.s.uploads_dir),
         )
         if agent.task != self.s.task:
             LOG.warning(
@@ -381,6 +384,8 @@ class Runner:
         url = getattr(state, "url", None)
         actions = describe_actions(model_output)
         LOG.info("step %d: %s | %s", step, actions, url or "-")
+        if self.agent is not None:
+            files.refresh(self.agent, self.s.uploads_dir)
         self.outputs.status(step=step, url=url)
         goal = getattr(model_output, "next_goal", None) or ""
         self.outputs.event(
@@ -538,6 +543,11 @@ def _prepare_dirs(s: settings_mod.Settings) -> None:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             LOG.error("cannot create %s: %s (results will not be saved)", out, exc)
+    home = os.environ.get("HOME")
+    if home and home != "/tmp":
+        files.show_in_file_dialog(
+            Path(home), {"Uploads": s.uploads_dir, "Downloads": s.downloads_dir}
+        )
 
 
 def main() -> int:

@@ -78,6 +78,11 @@ class Settings:
     def downloads_dir(self) -> Path:
         return self.data_dir / "downloads"
 
+    @property
+    def uploads_dir(self) -> Path:
+        """Files vncsess put into the session (a read-only mount)."""
+        return self.data_dir / "uploads"
+
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default).strip()

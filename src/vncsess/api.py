@@ -32,23 +32,25 @@ from fastapi import (
     Body,
     Depends,
     FastAPI,
+    File,
     Header,
     Query,
     Request,
     Response,
+    UploadFile,
     WebSocket,
 )
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vncsess import __version__, links, proxy, recordings, sessions, webauth
+from vncsess import __version__, files, links, proxy, recordings, sessions, webauth
 from vncsess.config import Settings
 from vncsess.datadir import DataDir
 from vncsess.errors import (
@@ -169,6 +171,10 @@ def problem_of(exc: VncsessError) -> tuple[int, str, str]:
     """(HTTP status, problem kind, title) of a core error."""
     if isinstance(exc, links.LinkRefused):
         return 403, "link-refused", "Forbidden"
+    if isinstance(exc, files.TransferOff):
+        return 403, "file-transfer-off", "Forbidden"
+    if isinstance(exc, files.TooLarge):
+        return 413, "file-too-large", "File too large"
     return _STATUS.get(exc.exit_code, (503, "engine-unavailable", "The engine failed"))
 
 
@@ -259,27 +265,33 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     )
 
 
-class BodyLimit:
-    """Refuses bodies over `limit` bytes (413), by Content-Length or as they stream in."""
+_UPLOAD_PATH = re.compile(r"^/v1/sessions/[^/]+/files/?$")
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+
+class BodyLimit:
+    """Refuses bodies over `limit` bytes (413), by Content-Length or as they stream in.
+    An upload (POST .../files) may carry `upload_limit` bytes: one largest file and its
+    multipart framing."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY, upload_limit: int = MAX_BODY) -> None:
         self.app = app
-        self.limit = limit
+        self._limit = limit
+        self._upload_limit = upload_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope.get("method") == "POST" and _UPLOAD_PATH.match(scope.get("path", ""))
+        limit = self._upload_limit if upload else self._limit
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        if length is not None and (not length.isdigit() or int(length) > limit):
             too_big = length.isdigit()
             response = problem(
                 413 if too_big else 400,
                 "body-too-large" if too_big else "bad-input",
                 "Body too large" if too_big else "Bad input",
-                f"a request body is at most {self.limit} bytes"
-                if too_big
-                else "bad Content-Length",
+                f"a request body is at most {limit} bytes" if too_big else "bad Content-Length",
             )
             await response(scope, receive, send)
             return
@@ -289,8 +301,8 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise StarletteHTTPException(413, f"a request body is at most {self.limit} bytes")
+            if seen > limit:
+                raise StarletteHTTPException(413, f"a request body is at most {limit} bytes")
             return message
 
         await self.app(scope, limited, send)
@@ -402,6 +414,9 @@ class CreateSession(Strict):
     no_internet: bool = False
     name: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})?$")
     max_steps: int = Field(25, ge=1, le=500)
+    file_transfer: bool = Field(
+        True, description="Uploads into the session and its downloads out (/files routes)."
+    )
 
 
 class ModelsOut(Open):
@@ -548,11 +563,11 @@ def _visual(s: Session, warnings: list[str] | None = None) -> dict[str, Any]:
         "created_at": s.created_at.isoformat(),
         "expires_at": s.expires_at.isoformat() if s.expires_at else None,
         "timeout_minutes": minutes,
-        # The lifecycle issue (idle timeout, file transfer) stores and reports these; until
-        # then a session has neither, and says so.
+        # The lifecycle issue (idle timeout) stores and reports this; until then a session
+        # has none, and says so.
         "idle_timeout_minutes": None,
         "enable_recording": bool(s.recording),
-        "enable_file_transfer": False,
+        "enable_file_transfer": files.enabled(DataDir(s.data_dir)),
         "warnings": warnings or [],
     }
 
@@ -564,14 +579,14 @@ def visual_create(request: Request, body: Annotated[VisualCreate, Body()]) -> di
         resolution=body.resolution or "",
         ttl=f"{body.timeout_minutes}m" if body.timeout_minutes else "",
         record=body.enable_recording,
+        # Off (the seed's default): the session's /v1/sessions/{id}/files routes answer 403.
+        file_transfer=body.enable_file_transfer,
     )
     # Wire here when the lifecycle issue lands: idle_timeout_minutes -> the session's idle
-    # timeout, enable_file_transfer -> uploads and downloads. Accepted and validated now.
+    # timeout. Accepted and validated now.
     warnings = []
     if body.idle_timeout_minutes is not None:
         warnings.append("idle_timeout_minutes is not enforced yet; timeout_minutes is")
-    if body.enable_file_transfer:
-        warnings.append("file transfer is not available yet")
     return _visual(sessions.up(_settings(request), opts), warnings)
 
 
@@ -601,7 +616,7 @@ def create(request: Request, response: Response, body: CreateSession) -> dict[st
     opts = sessions.UpOptions(
         task=body.task, llm=body.llm, llm_base_url=body.base_url, resolution=body.resolution,
         ttl=body.ttl, record=body.record, no_internet=body.no_internet, name=body.name,
-        max_steps=body.max_steps,
+        max_steps=body.max_steps, file_transfer=body.file_transfer,
     )  # fmt: skip
     s = sessions.up(_settings(request), opts)
     response.headers["Location"] = f"/v1/sessions/{s.id}"
@@ -954,6 +969,95 @@ def download(
     )
 
 
+# ---------------------------------------------------------------- /v1: files
+
+transfer = _router(prefix="/v1", tags=["files"])
+
+
+class FileOut(Open):
+    session_id: str
+    area: Literal["uploads", "downloads"]
+    name: str
+    path: str = Field(description="`area/name`, as `vncsess cp ID:area/name` takes it.")
+    size_bytes: int
+    modified_at: str
+    download_url: str
+
+
+def _file_json(f: files.FileEntry) -> dict[str, Any]:
+    from urllib.parse import quote
+
+    url = f"/v1/sessions/{f.session_id}/files/{f.area}/{quote(f.name, safe='')}"
+    return {**f.to_dict(), "download_url": url}
+
+
+_FILES_403: dict[int | str, dict[str, Any]] = {
+    403: {"model": Problem, "description": "File transfer is off for this session."}
+}
+
+
+@transfer.get("/sessions/{session_id}/files", response_model=list[FileOut], responses=_FILES_403)
+def list_files(request: Request, session_id: SessionRef) -> list[dict[str, Any]]:
+    """`vncsess files ID --json`: uploads and downloads, also after the session stopped."""
+    return [_file_json(f) for f in files.list_files(_settings(request), session_id)]
+
+
+@transfer.post(
+    "/sessions/{session_id}/files",
+    response_model=list[FileOut],
+    status_code=201,
+    responses=_FILES_403,
+)
+def upload_files(
+    request: Request,
+    session_id: SessionRef,
+    file: Annotated[
+        list[UploadFile], File(description="One or more files (multipart field `file`).")
+    ],
+) -> list[dict[str, Any]]:
+    """`vncsess cp FILE... ID:`: into the session's uploads, checked, limited and scanned
+    (all the files, or none of them). A request carries at most VNCSESS_UPLOAD_MAX_BYTES."""
+    items = [(f.filename or "", f.file) for f in file]
+    return [_file_json(f) for f in files.upload(_settings(request), session_id, items)]
+
+
+@transfer.get(
+    "/sessions/{session_id}/files/{area}/{name}",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The file."},
+        **_FILES_403,
+    },
+)
+def download_file(
+    request: Request,
+    session_id: SessionRef,
+    area: Literal["uploads", "downloads"],
+    name: Annotated[str, PathParam(max_length=files.MAX_NAME_BYTES)],
+) -> StreamingResponse:
+    """`vncsess cp ID:downloads/NAME DEST`: a file, as an attachment (also after stop)."""
+    from urllib.parse import quote
+
+    entry, fh = files.open_file(_settings(request), session_id, area, name)
+
+    def body() -> Iterator[bytes]:
+        with fh:
+            while chunk := fh.read(1 << 16):
+                yield chunk
+
+    ascii_name = "".join(c if c.isascii() and c not in '"\\' else "_" for c in entry.name)
+    disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(entry.name)}"
+    return StreamingResponse(
+        body(),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": disposition,
+            "Content-Length": str(entry.size_bytes),
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
 # ---------------------------------------------------------------- /v1: logs and events
 
 streams = _router(prefix="/v1", tags=["streams"])
@@ -1134,9 +1238,9 @@ def create_app(settings: Settings, token: str, watch: bool = True) -> FastAPI:
     ]
     for exc_class, handler in handlers:
         app.add_exception_handler(exc_class, handler)
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, upload_limit=settings.upload_max_bytes + MAX_BODY)
 
-    for router in (health, seed, visual, v1, live, rec, streams, door):
+    for router in (health, seed, visual, v1, live, rec, transfer, streams, door):
         app.include_router(router)
     from vncsess import dashboard  # it builds on this module: imported once this one is
 

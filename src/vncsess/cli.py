@@ -60,6 +60,14 @@ COMPLETION_TIMEOUT = 2.0
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ScanOpt = Annotated[
+    str,
+    typer.Option(
+        "--scan-command",
+        help="Scan every upload with this command, the file's path appended; a non-zero exit "
+        "refuses the file. [default: VNCSESS_SCAN_COMMAND or none]",
+    ),
+]
 IdArg = Annotated[
     str,
     typer.Argument(
@@ -241,6 +249,19 @@ def up(
         bool,
         typer.Option("--dry-run", help="Print what would be created (manifests), start nothing."),
     ] = False,
+    upload: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--upload",
+            help="A file for the session (repeat the flag for more): the agent can upload it "
+            "to a page, and Chromium's file dialog shows it in ~/Uploads.",
+        ),
+    ] = None,
+    no_file_transfer: Annotated[
+        bool,
+        typer.Option("--no-file-transfer", help="No uploads into the session, no downloads out."),
+    ] = False,
+    scan_command: ScanOpt = "",
     json_: JsonOpt = False,
 ) -> None:
     """Start a session and print its noVNC URL (the URL carries the viewer secret)."""
@@ -253,12 +274,14 @@ def up(
     if timeout is not None and not wait_:
         raise VncsessError("--timeout needs --wait", exit_code=ExitCode.BAD_INPUT)
     settings = _settings(
-        bind=bind, public_host=public_host, resolution=resolution, env_file=env_file, engine=engine
-    )
+        bind=bind, public_host=public_host, resolution=resolution, env_file=env_file, engine=engine,
+        scan_command=scan_command,
+    )  # fmt: skip
     opts = sessions.UpOptions(
         name=name, port=port, resolution=resolution, task=task, llm=llm, llm_base_url=base_url,
         max_steps=max_steps, record=record, record_fps=fps, ttl=ttl, no_internet=no_internet,
-        cpus=cpus, memory=memory,
+        cpus=cpus, memory=memory, uploads=tuple(upload or ()),
+        file_transfer=not no_file_transfer,
     )  # fmt: skip
     if dry_run:
         print(sessions.plan(settings, opts, explicit_env=env_file is not None), end="")
@@ -584,6 +607,66 @@ def screenshot(
 
     settings = _settings()
     print(recordings.screenshot(settings, sessions.get(settings, session_id), output))
+
+
+# ------------------------------------------------------------------ files
+
+
+@app.command("files")
+@handled
+def files_(session_id: IdArg, json_: JsonOpt = False) -> None:
+    """List a session's uploads and downloads (also after stop)."""
+    from vncsess import files
+
+    found = files.list_files(_settings(), session_id)
+    if json_:
+        ui.print_json([f.to_dict() for f in found])
+    elif not found:
+        ui.info(f"no files; `vncsess cp FILE {session_id}:` sends one")
+    else:
+        ui.table(
+            ["FILE", "SIZE", "MODIFIED"],
+            [
+                [f"{f.area}/{f.name}", ui.human_size(f.size_bytes), f.modified_at.isoformat()]
+                for f in found
+            ],
+        )
+
+
+@app.command("cp")
+@handled
+def cp(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="SOURCE... DEST. Send: FILE... ID: (or ID:uploads/NAME). Fetch: "
+            "ID:downloads/NAME (or ID:uploads/NAME) DEST (a file or a folder).",
+            show_default=False,
+        ),
+    ],
+    scan_command: ScanOpt = "",
+    json_: JsonOpt = False,
+) -> None:
+    """Copy files into a session (its uploads) or out of it (its downloads, also after stop)."""
+    from vncsess import files
+
+    if len(paths) < 2:
+        raise VncsessError(
+            "give a source and a destination",
+            hint="`vncsess cp FILE ID:` or `vncsess cp ID:downloads/NAME .`",
+            exit_code=ExitCode.BAD_INPUT,
+        )
+    done = files.copy(_settings(scan_command=scan_command), paths[:-1], paths[-1])
+    if isinstance(done, Path):
+        if json_:
+            ui.print_json({"file": str(done)})
+        else:
+            ui.data(str(done))
+    elif json_:
+        ui.print_json([f.to_dict() for f in done])
+    else:
+        for f in done:
+            ui.success(f"sent {f.name} ({ui.human_size(f.size_bytes)}) to {f.ref}")
 
 
 # ------------------------------------------------------------------ take control

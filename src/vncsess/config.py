@@ -48,6 +48,11 @@ class Settings:
     demo_step_delay: float = 1.0
     # Where debootstrap fetches the base image's packages when no registry answers.
     debian_mirror: str = "http://deb.debian.org/debian"
+    # File transfer (files.py): the largest upload, how many a session holds, and the
+    # command every upload is scanned with (the file's path appended; "" for none).
+    upload_max_bytes: int = 100 * 1024 * 1024
+    upload_max_files: int = 50
+    scan_command: str = ""
     dotenv: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -183,6 +188,24 @@ def _seconds(name: str, value: str) -> float:
     return seconds
 
 
+_SIZE = re.compile(r"^(\d+)([kmg]i?b?|b)?$")
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(name: str, value: str) -> int:
+    """`100m`, `2g`, `500k`, `1048576` -> bytes (binary units)."""
+    m = _SIZE.match(value.strip().lower())
+    if not m or int(m.group(1)) <= 0:
+        raise BadInput(f"{name}={value!r} is not a size", hint="for example 100m, 2g or 500k")
+    return int(m.group(1)) * _UNITS[(m.group(2) or "")[:1]]
+
+
+def _count(name: str, value: str) -> int:
+    if not value.strip().isdigit() or int(value) < 1:
+        raise BadInput(f"{name}={value!r} is not a positive whole number", hint="for example 50")
+    return int(value)
+
+
 _OWNER = re.compile(r"^[A-Za-z0-9._-]{0,63}$")
 
 
@@ -248,5 +271,14 @@ def load(**flags: str | Path | None) -> Settings:
         debian_mirror=pick(
             "debian_mirror", "VNCSESS_DEBIAN_MIRROR", default=Settings.debian_mirror
         ),
+        upload_max_bytes=parse_size(
+            "VNCSESS_UPLOAD_MAX_BYTES",
+            pick("upload_max_bytes", "VNCSESS_UPLOAD_MAX_BYTES", default="100m"),
+        ),
+        upload_max_files=_count(
+            "VNCSESS_UPLOAD_MAX_FILES",
+            pick("upload_max_files", "VNCSESS_UPLOAD_MAX_FILES", default="50"),
+        ),
+        scan_command=pick("scan_command", "VNCSESS_SCAN_COMMAND"),
         dotenv=dotenv,
     )

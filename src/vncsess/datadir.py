@@ -129,6 +129,16 @@ class DataDir:
         return self.agent / "downloads"
 
     @property
+    def uploads(self) -> Path:
+        """Files put into the session (files.py); the agent sees them read-only."""
+        return self.agent / "uploads"
+
+    @property
+    def files_file(self) -> Path:
+        """Whether file transfer is on for this session: {"enabled": bool}."""
+        return self.path / "files.json"
+
+    @property
     def result_file(self) -> Path:
         return self.agent / "result.json"
 
@@ -170,14 +180,14 @@ class DataDir:
         try:
             self.path.mkdir(parents=True, mode=0o700)
             self.secrets.mkdir(mode=0o700)
-            for d in (self.agent, self.downloads, self.recordings, self.screenshots):
+            for d in (self.agent, self.downloads, self.uploads, self.recordings, self.screenshots):
                 d.mkdir(mode=0o750)
             self._secret("xauth", keys.xauth)
             self._secret("vnc_passwd", keys.vnc_passwd)
             self._secret("llm.env", keys.llm_env)
             (self.path / "task.txt").write_bytes(keys.task)
             self._own(self.path / "task.txt", 0o400)
-            for d in (self.agent, self.downloads, self.recordings, self.screenshots):
+            for d in (self.agent, self.downloads, self.uploads, self.recordings, self.screenshots):
                 self._own(d, 0o750)
         except OSError as exc:
             raise unwritable(self.path, exc) from None

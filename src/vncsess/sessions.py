@@ -17,7 +17,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vncsess import engines, images, recordings, rfb
 from vncsess.config import Settings, for_new_session, parse_duration, parse_resolution
@@ -33,6 +33,9 @@ from vncsess.errors import (
 )
 from vncsess.models import Batch, Result, Session
 from vncsess.protocol import PAUSED, Status
+
+if TYPE_CHECKING:
+    from vncsess import files
 
 
 def _quiet(_: str) -> None:
@@ -69,6 +72,8 @@ class UpOptions:
     no_internet: bool = False
     cpus: str = "1.5"
     memory: str = "2g"
+    uploads: tuple[Path, ...] = ()  # files put into the session before it starts (files.py)
+    file_transfer: bool = True  # off: no uploads, no downloads handed out (files.py)
 
 
 # ------------------------------------------------------------------ validation
@@ -267,6 +272,24 @@ def up(
     checked = _check(settings, opts, explicit_env)
     check_room(settings.sessions_dir)
 
+    if opts.uploads and not opts.file_transfer:
+        raise BadInput("--upload needs file transfer", hint="leave out --no-file-transfer")
+    from vncsess import files
+
+    # Checked, copied and scanned before anything starts: a refused file starts nothing.
+    with files.prepare_paths(settings, opts.uploads) as uploads:
+        return _start(settings, opts, checked, uploads, progress)
+
+
+def _start(
+    settings: Settings,
+    opts: UpOptions,
+    checked: _Checked,
+    uploads: files.Prepared,
+    progress: Progress,
+) -> Session:
+    from vncsess import files
+
     engine = engines.load(settings)
     engine.check()
     if engine.builds_images:
@@ -286,6 +309,8 @@ def up(
         spec = _spec(settings, opts, checked, session_id, keys)
         try:
             data.create(keys)
+            files.set_enabled(data, opts.file_transfer)
+            uploads.place(data)
             progress(f"starting session {session_id}")
             engine.start(spec)
         except BaseException:

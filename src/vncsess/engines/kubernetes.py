@@ -249,6 +249,8 @@ def render(
             {"name": "shm", "mountPath": "/dev/shm"},
             {"name": "agent-secrets", "mountPath": SECRETS_DIR, "readOnly": True},
             data_mount("agent", "/data"),
+            # Files put into the session (files.py): the agent reads, never writes.
+            {**data_mount("agent/uploads", "/data/uploads"), "readOnly": True},
         ],
     }
     # The vnc container's secrets, copied into a Memory emptyDir that `control` rewrites by

@@ -1,4 +1,4 @@
-// One session: its live desktop, the agent's steps, control, logs and recordings.
+// One session: its live desktop, the agent's steps, control, logs, recordings and files.
 
 import { ApiError, api, subscribe } from "./api.js";
 import { age, agentText, clone, duration, field, h, label, setText, size, timeLeft, toast } from "./dom.js";
@@ -138,6 +138,7 @@ export function mountSession(main, id, { fullscreen = false, create = null, onBa
     const recording = Boolean(session.recording);
     view.querySelector('[data-action="rec-start"]').disabled = !live || recording;
     view.querySelector('[data-action="rec-stop"]').disabled = !recording;
+    showUploadable();
   }
 
   function ticking() {
@@ -379,8 +380,62 @@ export function mountSession(main, id, { fullscreen = false, create = null, onBa
   );
 
   // -- files -------------------------------------------------------------------------------
-  // The lifecycle issue adds uploads into the session and the agent's downloads: its panel
-  // is the hidden `files` section of the template; fill it here and unhide it.
+  // Uploads into the session, and what its browser downloaded (also after it stopped).
+
+  const uploadForm = field(view, "upload-form");
+  const uploadInput = field(view, "upload-input");
+  let transferOff = false;
+
+  function showUploadable() {
+    const live = session && !ENDED.has(session.status) && !session.removed;
+    uploadInput.disabled = !live || transferOff;
+    uploadForm.querySelector('[data-action="upload"]').disabled =
+      !live || transferOff || uploadInput.files.length === 0;
+  }
+
+  async function listFiles() {
+    let found = [];
+    try {
+      found = await api.get(`/v1/sessions/${encodeURIComponent(id)}/files`);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 403) {
+        transferOff = true;
+        setText(view, "files-hint", "File transfer is off for this session: nothing goes in or out.");
+        showUploadable();
+      }
+      return;
+    }
+    const rows = found.map((f) =>
+      h(
+        "tr",
+        {},
+        h("td", {}, h("code", {}, `${f.area}/${f.name}`)),
+        h("td", {}, size(f.size_bytes)),
+        h("td", {}, new Date(f.modified_at).toLocaleString()),
+        h(
+          "td",
+          { class: "buttons" },
+          h("a", { class: "button", href: f.download_url, download: f.name }, "Download"),
+        ),
+      ),
+    );
+    field(view, "file-rows").replaceChildren(...rows);
+    field(view, "no-files").hidden = rows.length > 0;
+  }
+
+  uploadInput.addEventListener("change", showUploadable);
+  uploadForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    act(e.submitter || uploadForm.querySelector('[data-action="upload"]'), async () => {
+      const body = new FormData();
+      for (const file of uploadInput.files) body.append("file", file, file.name);
+      const sent = await api.post(`/v1/sessions/${encodeURIComponent(session.session_id)}/files`, body);
+      uploadInput.value = "";
+      toast(`Sent ${sent.map((f) => f.name).join(", ")} into the session.`);
+      await listFiles();
+    });
+  });
+  view.querySelector('[data-action="files-refresh"]').addEventListener("click", () => listFiles());
 
   // -- events, and the start --------------------------------------------------------------
 
@@ -405,6 +460,7 @@ export function mountSession(main, id, { fullscreen = false, create = null, onBa
       },
       "agent.finished": (e) => {
         finished(e);
+        listFiles(); // what the agent downloaded
         if (session) session = { ...session, agent_state: e.result?.success ? "done" : "failed" };
         showFacts();
       },
@@ -433,6 +489,7 @@ export function mountSession(main, id, { fullscreen = false, create = null, onBa
     follow();
     if (fullscreen) return; // the bare view: the desktop alone
     listRecordings();
+    listFiles();
     if (session && session.services?.vnc === "running") openLogs();
   }
 
