@@ -276,7 +276,8 @@ def test_visual_runtime_body_recording_range_and_stop(
     s = server.create("/api/visual-sessions", **body)
     sid = s["session_id"]
     assert s["resolution"] == "1600x900" and s["timeout_minutes"] == 60
-    assert s["expires_at"] and len(s["warnings"]) == 2  # not enforced yet, and it says so
+    assert s["expires_at"] and s["idle_timeout_minutes"] == 15
+    assert not any("idle" in w for w in s["warnings"])  # enforced now
     with RfbClient("127.0.0.1", int(s["novnc_url"].split(":")[2].split("/")[0])) as rfb:
         init = rfb.login(_secret(s["novnc_url"]))
         assert (init.width, init.height) == (1600, 900)

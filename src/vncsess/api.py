@@ -346,6 +346,14 @@ class SessionOut(Open):
     no_internet: bool
     recording: str = Field(description="The recording being written now, if any.")
     expires_at: str | None
+    expired_by: Literal["ttl", "idle"] | None = Field(
+        None, description="Which limit ended an `expired` session: `ttl` or `idle`."
+    )
+    idle_timeout_s: int | None = Field(None, description="The idle timeout; null: none.")
+    idle_expires_at: str | None = Field(
+        None, description="When the idle timeout ends the session, if nothing happens."
+    )
+    idle_left_s: float | None = Field(None, description="Seconds until then.")
     control_url: str | None = Field(
         None, description="The interactive URL, while someone has control."
     )
@@ -398,6 +406,12 @@ class CreateSession(Strict):
         "", pattern=r"^(\d{2,5}x\d{2,5})?$", description="WxH, each side 320-7680."
     )
     ttl: str = Field("", max_length=32, description="Time limit: 90s, 30m, 2h; empty: none.")
+    idle_timeout: str = Field(
+        "",
+        max_length=32,
+        description="End after this long without activity (a viewer, an agent step, "
+        "control): 90s, 15m, 2h; empty: never. `ttl` still caps it.",
+    )
     record: bool = False
     no_internet: bool = False
     name: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})?$")
@@ -548,9 +562,7 @@ def _visual(s: Session, warnings: list[str] | None = None) -> dict[str, Any]:
         "created_at": s.created_at.isoformat(),
         "expires_at": s.expires_at.isoformat() if s.expires_at else None,
         "timeout_minutes": minutes,
-        # The lifecycle issue (idle timeout, file transfer) stores and reports these; until
-        # then a session has neither, and says so.
-        "idle_timeout_minutes": None,
+        "idle_timeout_minutes": round(s.idle_timeout_s / 60) if s.idle_timeout_s else None,
         "enable_recording": bool(s.recording),
         "enable_file_transfer": False,
         "warnings": warnings or [],
@@ -563,13 +575,12 @@ def visual_create(request: Request, body: Annotated[VisualCreate, Body()]) -> di
     opts = sessions.UpOptions(
         resolution=body.resolution or "",
         ttl=f"{body.timeout_minutes}m" if body.timeout_minutes else "",
+        idle_timeout=f"{body.idle_timeout_minutes}m" if body.idle_timeout_minutes else "",
         record=body.enable_recording,
     )
-    # Wire here when the lifecycle issue lands: idle_timeout_minutes -> the session's idle
-    # timeout, enable_file_transfer -> uploads and downloads. Accepted and validated now.
+    # Wire here when the lifecycle issue lands: enable_file_transfer -> uploads and
+    # downloads. Accepted and validated now.
     warnings = []
-    if body.idle_timeout_minutes is not None:
-        warnings.append("idle_timeout_minutes is not enforced yet; timeout_minutes is")
     if body.enable_file_transfer:
         warnings.append("file transfer is not available yet")
     return _visual(sessions.up(_settings(request), opts), warnings)
@@ -601,7 +612,7 @@ def create(request: Request, response: Response, body: CreateSession) -> dict[st
     opts = sessions.UpOptions(
         task=body.task, llm=body.llm, llm_base_url=body.base_url, resolution=body.resolution,
         ttl=body.ttl, record=body.record, no_internet=body.no_internet, name=body.name,
-        max_steps=body.max_steps,
+        max_steps=body.max_steps, idle_timeout=body.idle_timeout,
     )  # fmt: skip
     s = sessions.up(_settings(request), opts)
     response.headers["Location"] = f"/v1/sessions/{s.id}"

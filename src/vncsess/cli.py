@@ -226,6 +226,14 @@ def up(
             "--ttl", help="Time limit (90s, 30m, 2h): then the session ends itself. [default: none]"
         ),
     ] = "",
+    idle_timeout: Annotated[
+        str,
+        typer.Option(
+            "--idle-timeout",
+            help="End the session after this long (90s, 15m, 2h) without activity: no viewer "
+            "connected, no agent step, nobody in control. --ttl still caps it. [default: none]",
+        ),
+    ] = "",
     no_internet: Annotated[
         bool, typer.Option("--no-internet", help="The browser reaches only the session itself.")
     ] = False,
@@ -258,7 +266,7 @@ def up(
     opts = sessions.UpOptions(
         name=name, port=port, resolution=resolution, task=task, llm=llm, llm_base_url=base_url,
         max_steps=max_steps, record=record, record_fps=fps, ttl=ttl, no_internet=no_internet,
-        cpus=cpus, memory=memory,
+        cpus=cpus, memory=memory, idle_timeout=idle_timeout,
     )  # fmt: skip
     if dry_run:
         print(sessions.plan(settings, opts, explicit_env=env_file is not None), end="")
@@ -317,10 +325,11 @@ def _finish_with_result(session: Session | None, res: Result, json_: bool) -> No
 def _print_result(res: Result) -> None:
     # Everything in a result comes from the agent, and so from the pages it read: literal.
     steps = f"{res.steps} step" + ("" if res.steps == 1 else "s")
+    ended = f", expired ({res.expired_by})," if res.expired_by else ""
     ui.err.print(
         Text.assemble(
             ui.literal(res.status, "green" if res.success else "red"),
-            f" after {steps} ({res.duration_s or 0:.1f}s)",
+            f"{ended} after {steps} ({res.duration_s or 0:.1f}s)",
         )
     )
     if res.final_text:
@@ -353,17 +362,20 @@ def ls(
     elif not found:
         ui.info("no sessions; start one with `vncsess up`")
     else:
+        headers = ["ID", "NAME", "STATUS", "AGENT", "MODEL", "CONTROL", "AGE", "IDLE LEFT",
+                   "SIZE", "URL"]  # fmt: skip
         ui.table(
-            ["ID", "NAME", "STATUS", "AGENT", "MODEL", "CONTROL", "AGE", "SIZE", "URL"],
+            headers,
             [
                 [
                     s.id,
                     s.name or "-",
-                    s.status,
+                    s.shown_status,
                     s.agent_state,
                     s.llm,
                     s.control,
                     ui.human_age(s.age_seconds),
+                    "-" if s.idle_left_s is None else ui.human_age(s.idle_left_s),
                     s.resolution,
                     s.to_dict(show_secrets=show_secrets)["novnc_url"] or "-",
                 ]
@@ -385,6 +397,7 @@ def inspect(session_id: IdArg, json_: JsonOpt = False) -> None:
     if json_:
         ui.print_json(d)
         return
+    d["status"] = s.shown_status
     for key, value in d.items():
         shown = (
             ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
