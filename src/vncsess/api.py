@@ -48,7 +48,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vncsess import __version__, links, proxy, recordings, sessions, webauth
+from vncsess import __version__, links, proxy, recordings, retention, sessions, webauth
 from vncsess.config import Settings
 from vncsess.datadir import DataDir
 from vncsess.errors import (
@@ -371,6 +371,36 @@ class Stopped(Open):
     stopped: list[str]
 
 
+class PrunedOut(Stopped):
+    removed: list[str] = Field(
+        default_factory=list, description="Sessions whose data dir `older_than` deleted."
+    )
+    freed_bytes: int = 0
+
+
+class RemovedOut(Open):
+    removed: list[str]
+    freed_bytes: int
+
+
+class UsageOut(Open):
+    session_id: str
+    status: str = Field(description="The engine's status, or `stopped`: no container left.")
+    data_dir: str
+    ended_at: str | None = Field(description="When it was stopped; null while on the engine.")
+    recordings_bytes: int
+    files_bytes: int = Field(description="Screenshots, downloads, uploads.")
+    logs_bytes: int
+    other_bytes: int
+    total_bytes: int
+
+
+class DiskOut(Open):
+    sessions_dir: str
+    sessions: list[UsageOut] = Field(description="Largest first.")
+    total: dict[str, int]
+
+
 class RecordingOut(Open):
     session_id: str
     file: str
@@ -654,10 +684,41 @@ def _stop_one(request: Request, ref: str) -> str:
     return batch.done[0]
 
 
-@v1.post("/prune", response_model=Stopped)
-def prune(request: Request) -> dict[str, Any]:
-    """`vncsess prune`: remove the sessions that ended by themselves."""
-    return {"stopped": sessions.prune(_settings(request))}
+@v1.post("/prune", response_model=PrunedOut)
+def prune(
+    request: Request,
+    older_than: Annotated[
+        str,
+        Query(
+            max_length=32,
+            description="Also delete the data dirs of sessions stopped longer ago: 12h, 7d.",
+        ),
+    ] = "",
+) -> dict[str, Any]:
+    """`vncsess prune [--older-than]`: remove the sessions that ended by themselves; with
+    `older_than`, also the data dirs of sessions stopped longer ago than that."""
+    return retention.prune(_settings(request), older_than).to_dict()
+
+
+@v1.delete("/sessions/{session_id}/data", response_model=RemovedOut)
+def remove_data(
+    request: Request,
+    session_id: SessionRef,
+    force: Annotated[
+        bool, Query(description="Stop the session first if it still runs (else 409).")
+    ] = False,
+) -> dict[str, Any]:
+    """`vncsess rm`: delete a stopped session's data dir (recordings, results, files)."""
+    batch, freed = retention.rm(_settings(request), [session_id], force=force)
+    if batch.errors:
+        raise batch.errors[0]
+    return {"removed": batch.done, "freed_bytes": freed}
+
+
+@v1.get("/disk", response_model=DiskOut)
+def disk(request: Request) -> dict[str, Any]:
+    """`vncsess du --json`: what each session keeps on disk, with a total."""
+    return retention.du(_settings(request)).to_dict()
 
 
 @v1.get("/models", response_model=ModelsOut)

@@ -8,6 +8,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -471,13 +472,96 @@ def _fail_batch(batch: Batch) -> None:
 
 @app.command()
 @handled
-def prune(json_: JsonOpt = False) -> None:
-    """Remove sessions that ended by themselves (--ttl reached, or every container exited)."""
-    from vncsess import sessions
+def prune(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            help="Also delete the data dirs (recordings, results, files) of sessions stopped "
+            "longer ago than this: 12h, 7d, 30d.",
+        ),
+    ] = "",
+    json_: JsonOpt = False,
+) -> None:
+    """Remove sessions that ended by themselves (--ttl or --idle-timeout reached, or every
+    container exited); their data dirs stay unless --older-than covers them."""
+    from vncsess import retention
 
     with ui.progress("pruning") as step:
-        removed = sessions.prune(_settings(), progress=step)
-    _print_stopped(removed, json_, "nothing to prune")
+        pruned = retention.prune(_settings(), older_than, progress=step)
+    if json_:
+        ui.print_json(pruned.to_dict())
+        return
+    _print_stopped(pruned.stopped, False, "" if older_than else "nothing to prune")
+    if older_than:
+        for sid in pruned.removed:
+            print(sid)
+        if pruned.removed:
+            ui.success(
+                f"deleted the data dirs of {len(pruned.removed)} session(s) stopped more than "
+                f"{older_than} ago ({ui.human_size(pruned.freed_bytes)})"
+            )
+        elif not pruned.stopped:
+            ui.info(f"nothing to prune: no session stopped more than {older_than} ago")
+
+
+@app.command("rm")
+@handled
+def rm(
+    session_ids: Annotated[
+        list[str],
+        typer.Argument(help="Session ids (or unique prefixes).", autocompletion=_complete_session),
+    ],
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Stop a running session first, then delete.")
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Delete stopped sessions' data dirs: recordings, results, screenshots, downloads.
+
+    A running session is refused unless --force. Like `docker rm`, acts on every id it
+    finds and reports the others (exit code 4 when one is missing)."""
+    from vncsess import retention
+
+    with ui.progress("removing") as step:
+        batch, freed = retention.rm(_settings(), session_ids, force=force, progress=step)
+    if json_:
+        ui.print_json({"removed": batch.done, "freed_bytes": freed})
+    else:
+        for sid in batch.done:
+            print(sid)
+        if batch.done:
+            ui.success(f"freed {ui.human_size(freed)}")
+    _fail_batch(batch)
+
+
+@app.command("du")
+@handled
+def du(json_: JsonOpt = False) -> None:
+    """Show what each session keeps on disk (recordings, files, logs), with a total."""
+    from vncsess import retention
+
+    usage = retention.du(_settings())
+    if json_:
+        ui.print_json(usage.to_dict())
+        return
+    if not usage.sessions:
+        ui.info(f"nothing on disk in {usage.home}")
+        return
+    size = ui.human_size
+    rows = [
+        [u.session_id, u.status,
+         ui.human_age((datetime.now(UTC) - u.ended_at).total_seconds()) if u.ended_at else "-",
+         size(u.recordings), size(u.files), size(u.logs), size(u.other), size(u.total)]
+        for u in usage.sessions
+    ]  # fmt: skip
+    t = usage.to_dict()["total"]
+    rows.append(["TOTAL", f"{len(usage.sessions)} sessions", "", size(t["recordings_bytes"]),
+                 size(t["files_bytes"]), size(t["logs_bytes"]), size(t["other_bytes"]),
+                 size(t["total_bytes"])])  # fmt: skip
+    headers = ["SESSION", "STATUS", "STOPPED", "RECORDINGS", "FILES", "LOGS", "OTHER", "TOTAL"]
+    ui.table(headers, rows)
+    ui.info(f"in {usage.home}; `vncsess rm ID` or `vncsess prune --older-than 7d` frees space")
 
 
 # ------------------------------------------------------------------ results

@@ -604,8 +604,13 @@ def stop(
 
 def prune(settings: Settings, progress: Progress = _quiet) -> list[str]:
     """Remove every session that has ended by itself (expired, or all containers exited),
-    as `stop` would: recordings finalised, data dirs kept."""
-    ended = [s.id for s in list_sessions(settings) if s.status in ENDED]
+    as `stop` would: recordings finalised, data dirs kept. With VNCSESS_OWNER set, only
+    that owner's: a CI job or a test run prunes what it started, not its neighbours'."""
+    ended = [
+        s.id
+        for s in list_sessions(settings)
+        if s.status in ENDED and (not settings.owner or s.owner == settings.owner)
+    ]
     return stop(settings, ended, progress=progress).done if ended else []
 
 
