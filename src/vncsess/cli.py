@@ -399,11 +399,12 @@ def inspect(session_id: IdArg, json_: JsonOpt = False) -> None:
         ui.print_json(d)
         return
     d["status"] = s.shown_status
+    width = max(map(len, d))
     for key, value in d.items():
         shown = (
             ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
         )
-        ui.out.print(Text.assemble((f"{key:>13}", "bold"), "  ", ui.literal(shown)))
+        ui.out.print(Text.assemble((f"{key:>{width}}", "bold"), "  ", ui.literal(shown)))
 
 
 # ------------------------------------------------------------------ logs / stop
@@ -556,7 +557,8 @@ def du(json_: JsonOpt = False) -> None:
         for u in usage.sessions
     ]  # fmt: skip
     t = usage.to_dict()["total"]
-    rows.append(["TOTAL", f"{len(usage.sessions)} sessions", "", size(t["recordings_bytes"]),
+    n = len(usage.sessions)
+    rows.append(["TOTAL", f"{n} session" + ("" if n == 1 else "s"), "", size(t["recordings_bytes"]),
                  size(t["files_bytes"]), size(t["logs_bytes"]), size(t["other_bytes"]),
                  size(t["total_bytes"])])  # fmt: skip
     headers = ["SESSION", "STATUS", "STOPPED", "RECORDINGS", "FILES", "LOGS", "OTHER", "TOTAL"]
