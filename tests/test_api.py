@@ -276,8 +276,8 @@ def test_visual_runtime_body_recording_range_and_stop(
     s = server.create("/api/visual-sessions", **body)
     sid = s["session_id"]
     assert s["resolution"] == "1600x900" and s["timeout_minutes"] == 60
-    # idle_timeout_minutes is not enforced yet, and it says so; file transfer is.
-    assert s["expires_at"] and len(s["warnings"]) == 1 and "idle" in s["warnings"][0]
+    assert s["expires_at"] and s["idle_timeout_minutes"] == 15
+    assert not s["warnings"]  # both idle timeout and file transfer are enforced now
     assert s["enable_file_transfer"] is True
     with RfbClient("127.0.0.1", int(s["novnc_url"].split(":")[2].split("/")[0])) as rfb:
         init = rfb.login(_secret(s["novnc_url"]))

@@ -200,6 +200,7 @@ CHANGES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/v1/sessions/abc123/control", None),
     ("POST", "/v1/sessions/abc123/record/start", {}),
     ("POST", "/v1/prune", None),
+    ("DELETE", "/v1/sessions/abc123/data", None),
     ("POST", "/sessions", {}),
     ("POST", "/api/visual-sessions/abc123/stop", None),
 ]

@@ -252,9 +252,8 @@ def test_ttl_ends_the_session_and_prune_removes_it(cli: Cli) -> None:
     assert json.loads(res.stdout)["result"]["status"] == "cancelled"
     recs = list((Path(s["data_dir"]) / "recordings").glob("*.mp4"))
     assert recs and not any(r.name.endswith(".partial.mp4") for r in recs)
-    # prune is engine-wide, as `docker container prune` is: it also takes sessions that
-    # ended elsewhere on this engine (another run's), but ours must be among them, and no
-    # live session of this run may be.
+    # prune takes the sessions of this run's VNCSESS_OWNER (another run's are left alone):
+    # ours must be among them, and no live session of this run may be.
     live = {x["session_id"] for x in cli.json("ls") if x["status"] not in ("exited", "expired")}
     pruned = cli.json("prune")["stopped"]
     assert sid in pruned

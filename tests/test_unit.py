@@ -35,13 +35,14 @@ def test_parse_resolution_rejects_with_hint(value: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("90", 90), ("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("never", 0)],
-)
+    [("90", 90), ("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("never", 0),
+     ("7d", 604800), ("1d12h", 129600)],
+)  # fmt: skip
 def test_parse_duration(value: str, seconds: int) -> None:
     assert config.parse_duration(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["", "h", "1d", "-5", "30 m", "m30"])
+@pytest.mark.parametrize("value", ["", "h", "d", "1w", "-5", "30 m", "m30", "1h2d"])
 def test_parse_duration_rejects(value: str) -> None:
     with pytest.raises(BadInput):
         config.parse_duration(value)

@@ -56,6 +56,8 @@ class Result:
     finished_at: str | None
     duration_s: float | None
     first_navigation_s: float | None  # runner start to the first page load
+    # "idle" or "ttl" when the session's own limit ended the run (--idle-timeout, --ttl)
+    expired_by: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Result:
@@ -72,6 +74,7 @@ class Result:
             finished_at=d.get("finished_at"),
             duration_s=d.get("duration_s"),
             first_navigation_s=d.get("first_navigation_s"),
+            expired_by=d.get("expired_by"),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,6 +13,10 @@ Environment
   VNCSESS_DEMO_STEP_DELAY                       seconds per demo-model step, default 1.0
   VNCSESS_DISPLAY_TIMEOUT                       seconds to wait for the display, default 30
   VNCSESS_DATA_DIR, VNCSESS_SECRETS_DIR         default /data and /run/secrets (for tests)
+  VNCSESS_TTL                                   seconds: then the runner ends itself
+  VNCSESS_IDLE_TIMEOUT                          seconds without activity: then it ends
+                                                itself (see activity.py)
+  VNCSESS_ACTIVITY_DIR                          default /activity, shared with vnc
 Files (each may be missing)
   /run/secrets/task       the task, UTF-8, passed to the Agent byte for byte. Empty: an idle
                           window until stopped. The single word `demo`: DEMO_TASK.
@@ -49,7 +53,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from vncsess_agent import chromium, files, logs, webserver
+from vncsess_agent import activity, chromium, files, logs, webserver
 from vncsess_agent import settings as settings_mod
 from vncsess_agent.display import DisplayError, wait_for_display, watch_display
 from vncsess_agent.outputs import Outputs, utc_now
@@ -125,6 +129,7 @@ class Runner:
         self.fatal_llm_error: str | None = None
         self.browser_death: str | None = None
         self.stop_reason: str | None = None
+        self.expired_by: str | None = None  # "ttl" or "idle" when a limit ended the session
         self._shutting_down = False
         self._stopped = asyncio.Event()
 
@@ -171,6 +176,8 @@ class Runner:
         self._log_capper = asyncio.create_task(chromium.cap_log())
         if self.s.ttl > 0:
             self._expiry = asyncio.create_task(self._expire(self.s.ttl))
+        if self.s.idle_timeout > 0:
+            self._idle_watch = asyncio.create_task(self._watch_idle(self.s.idle_timeout))
         if not self.s.task.strip():
             await self._idle()
         else:
@@ -179,7 +186,18 @@ class Runner:
     async def _expire(self, ttl: float) -> None:
         """--ttl: the session ends itself, as if stopped (the vnc container does the same)."""
         await asyncio.sleep(max(ttl - self._elapsed(), 0))
-        self._on_stop(f"the session's time limit ({ttl:g} s)")
+        self._on_stop(f"the session's time limit ({ttl:g} s)", expired_by="ttl")
+
+    async def _watch_idle(self, timeout: float) -> None:
+        """--idle-timeout: the session ends itself after TIMEOUT seconds without activity
+        (a step, a viewer, a person in control), whichever container sees it first."""
+        watch = activity.Watch(self.s.activity_dir, timeout, activity.AGENT)
+        while True:
+            await asyncio.sleep(activity.POLL_S)
+            # A task at work is activity, paused (someone has control) included.
+            if watch.check(active=self.phase == "running"):
+                self._on_stop(f"no activity for {timeout:g} s (idle timeout)", expired_by="idle")
+                return
 
     def _elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -386,6 +404,8 @@ class Runner:
         LOG.info("step %d: %s | %s", step, actions, url or "-")
         if self.agent is not None:
             files.refresh(self.agent, self.s.uploads_dir)
+        if self.s.idle_timeout > 0:
+            activity.stamp(self.s.activity_dir, activity.AGENT)
         self.outputs.status(step=step, url=url)
         goal = getattr(model_output, "next_goal", None) or ""
         self.outputs.event(
@@ -449,11 +469,12 @@ class Runner:
         self.outputs.event("agent.resumed")
         LOG.info("resumed (SIGUSR2)")
 
-    def _on_stop(self, name: str) -> None:
+    def _on_stop(self, name: str, expired_by: str | None = None) -> None:
         if self._shutting_down:
             return
         self._shutting_down = True
         self.stop_reason = name
+        self.expired_by = expired_by
         # Hard deadline: whatever happens below, the process is gone in SHUTDOWN_DEADLINE_S.
         timer = threading.Timer(SHUTDOWN_DEADLINE_S, os._exit, args=(0,))
         timer.daemon = True
@@ -513,6 +534,7 @@ class Runner:
             finished_at=utc_now(),
             duration_s=round(self._elapsed(), 3),
             first_navigation_s=self.first_navigation_s,
+            expired_by=self.expired_by if status == CANCELLED else None,
         ).to_dict()
         if self.outputs.write_result(result):
             LOG.info(

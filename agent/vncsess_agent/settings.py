@@ -54,6 +54,10 @@ class Settings:
     # KEY=VALUE from /run/secrets/llm_env: in this process's memory only (see above).
     llm_env: dict[str, str] = field(default_factory=dict, repr=False)
     warnings: list[str] = field(default_factory=list)
+    # --idle-timeout: seconds without activity before the session ends itself; 0 = never.
+    # The activity dir is shared with the vnc container (see activity.py).
+    idle_timeout: float = 0.0
+    activity_dir: Path = Path("/activity")
 
     @property
     def llm_env_names(self) -> list[str]:
@@ -192,4 +196,6 @@ def load() -> Settings:
         task_source=task_source,
         llm_env=load_llm_env(secrets_dir, warnings),
         warnings=warnings,
+        idle_timeout=_parse_float("VNCSESS_IDLE_TIMEOUT", 0.0, warnings),
+        activity_dir=Path(_env("VNCSESS_ACTIVITY_DIR", "/activity") or "/activity"),
     )

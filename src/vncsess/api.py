@@ -50,7 +50,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vncsess import __version__, files, links, proxy, recordings, sessions, webauth
+from vncsess import __version__, files, links, proxy, recordings, retention, sessions, webauth
 from vncsess.config import Settings
 from vncsess.datadir import DataDir
 from vncsess.errors import (
@@ -358,6 +358,14 @@ class SessionOut(Open):
     no_internet: bool
     recording: str = Field(description="The recording being written now, if any.")
     expires_at: str | None
+    expired_by: Literal["ttl", "idle"] | None = Field(
+        None, description="Which limit ended an `expired` session: `ttl` or `idle`."
+    )
+    idle_timeout_s: int | None = Field(None, description="The idle timeout; null: none.")
+    idle_expires_at: str | None = Field(
+        None, description="When the idle timeout ends the session, if nothing happens."
+    )
+    idle_left_s: float | None = Field(None, description="Seconds until then.")
     control_url: str | None = Field(
         None, description="The interactive URL, while someone has control."
     )
@@ -373,6 +381,36 @@ class WaitOut(SessionOut):
 
 class Stopped(Open):
     stopped: list[str]
+
+
+class PrunedOut(Stopped):
+    removed: list[str] = Field(
+        default_factory=list, description="Sessions whose data dir `older_than` deleted."
+    )
+    freed_bytes: int = 0
+
+
+class RemovedOut(Open):
+    removed: list[str]
+    freed_bytes: int
+
+
+class UsageOut(Open):
+    session_id: str
+    status: str = Field(description="The engine's status, or `stopped`: no container left.")
+    data_dir: str
+    ended_at: str | None = Field(description="When it was stopped; null while on the engine.")
+    recordings_bytes: int
+    files_bytes: int = Field(description="Screenshots, downloads, uploads.")
+    logs_bytes: int
+    other_bytes: int
+    total_bytes: int
+
+
+class DiskOut(Open):
+    sessions_dir: str
+    sessions: list[UsageOut] = Field(description="Largest first.")
+    total: dict[str, int]
 
 
 class RecordingOut(Open):
@@ -410,6 +448,12 @@ class CreateSession(Strict):
         "", pattern=r"^(\d{2,5}x\d{2,5})?$", description="WxH, each side 320-7680."
     )
     ttl: str = Field("", max_length=32, description="Time limit: 90s, 30m, 2h; empty: none.")
+    idle_timeout: str = Field(
+        "",
+        max_length=32,
+        description="End after this long without activity (a viewer, an agent step, "
+        "control): 90s, 15m, 2h; empty: never. `ttl` still caps it.",
+    )
     record: bool = False
     no_internet: bool = False
     name: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})?$")
@@ -563,9 +607,7 @@ def _visual(s: Session, warnings: list[str] | None = None) -> dict[str, Any]:
         "created_at": s.created_at.isoformat(),
         "expires_at": s.expires_at.isoformat() if s.expires_at else None,
         "timeout_minutes": minutes,
-        # The lifecycle issue (idle timeout) stores and reports this; until then a session
-        # has none, and says so.
-        "idle_timeout_minutes": None,
+        "idle_timeout_minutes": round(s.idle_timeout_s / 60) if s.idle_timeout_s else None,
         "enable_recording": bool(s.recording),
         "enable_file_transfer": files.enabled(DataDir(s.data_dir)),
         "warnings": warnings or [],
@@ -578,15 +620,12 @@ def visual_create(request: Request, body: Annotated[VisualCreate, Body()]) -> di
     opts = sessions.UpOptions(
         resolution=body.resolution or "",
         ttl=f"{body.timeout_minutes}m" if body.timeout_minutes else "",
+        idle_timeout=f"{body.idle_timeout_minutes}m" if body.idle_timeout_minutes else "",
         record=body.enable_recording,
         # Off (the seed's default): the session's /v1/sessions/{id}/files routes answer 403.
         file_transfer=body.enable_file_transfer,
     )
-    # Wire here when the lifecycle issue lands: idle_timeout_minutes -> the session's idle
-    # timeout. Accepted and validated now.
-    warnings = []
-    if body.idle_timeout_minutes is not None:
-        warnings.append("idle_timeout_minutes is not enforced yet; timeout_minutes is")
+    warnings: list[str] = []
     return _visual(sessions.up(_settings(request), opts), warnings)
 
 
@@ -617,6 +656,7 @@ def create(request: Request, response: Response, body: CreateSession) -> dict[st
         task=body.task, llm=body.llm, llm_base_url=body.base_url, resolution=body.resolution,
         ttl=body.ttl, record=body.record, no_internet=body.no_internet, name=body.name,
         max_steps=body.max_steps, file_transfer=body.file_transfer,
+        idle_timeout=body.idle_timeout,
     )  # fmt: skip
     s = sessions.up(_settings(request), opts)
     response.headers["Location"] = f"/v1/sessions/{s.id}"
@@ -658,10 +698,41 @@ def _stop_one(request: Request, ref: str) -> str:
     return batch.done[0]
 
 
-@v1.post("/prune", response_model=Stopped)
-def prune(request: Request) -> dict[str, Any]:
-    """`vncsess prune`: remove the sessions that ended by themselves."""
-    return {"stopped": sessions.prune(_settings(request))}
+@v1.post("/prune", response_model=PrunedOut)
+def prune(
+    request: Request,
+    older_than: Annotated[
+        str,
+        Query(
+            max_length=32,
+            description="Also delete the data dirs of sessions stopped longer ago: 12h, 7d.",
+        ),
+    ] = "",
+) -> dict[str, Any]:
+    """`vncsess prune [--older-than]`: remove the sessions that ended by themselves; with
+    `older_than`, also the data dirs of sessions stopped longer ago than that."""
+    return retention.prune(_settings(request), older_than).to_dict()
+
+
+@v1.delete("/sessions/{session_id}/data", response_model=RemovedOut)
+def remove_data(
+    request: Request,
+    session_id: SessionRef,
+    force: Annotated[
+        bool, Query(description="Stop the session first if it still runs (else 409).")
+    ] = False,
+) -> dict[str, Any]:
+    """`vncsess rm`: delete a stopped session's data dir (recordings, results, files)."""
+    batch, freed = retention.rm(_settings(request), [session_id], force=force)
+    if batch.errors:
+        raise batch.errors[0]
+    return {"removed": batch.done, "freed_bytes": freed}
+
+
+@v1.get("/disk", response_model=DiskOut)
+def disk(request: Request) -> dict[str, Any]:
+    """`vncsess du --json`: what each session keeps on disk, with a total."""
+    return retention.du(_settings(request)).to_dict()
 
 
 @v1.get("/models", response_model=ModelsOut)

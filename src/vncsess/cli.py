@@ -8,6 +8,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -234,6 +235,14 @@ def up(
             "--ttl", help="Time limit (90s, 30m, 2h): then the session ends itself. [default: none]"
         ),
     ] = "",
+    idle_timeout: Annotated[
+        str,
+        typer.Option(
+            "--idle-timeout",
+            help="End the session after this long (90s, 15m, 2h) without activity: no viewer "
+            "connected, no agent step, nobody in control. --ttl still caps it. [default: none]",
+        ),
+    ] = "",
     no_internet: Annotated[
         bool, typer.Option("--no-internet", help="The browser reaches only the session itself.")
     ] = False,
@@ -281,7 +290,7 @@ def up(
         name=name, port=port, resolution=resolution, task=task, llm=llm, llm_base_url=base_url,
         max_steps=max_steps, record=record, record_fps=fps, ttl=ttl, no_internet=no_internet,
         cpus=cpus, memory=memory, uploads=tuple(upload or ()),
-        file_transfer=not no_file_transfer,
+        file_transfer=not no_file_transfer, idle_timeout=idle_timeout,
     )  # fmt: skip
     if dry_run:
         print(sessions.plan(settings, opts, explicit_env=env_file is not None), end="")
@@ -340,10 +349,11 @@ def _finish_with_result(session: Session | None, res: Result, json_: bool) -> No
 def _print_result(res: Result) -> None:
     # Everything in a result comes from the agent, and so from the pages it read: literal.
     steps = f"{res.steps} step" + ("" if res.steps == 1 else "s")
+    ended = f", expired ({res.expired_by})," if res.expired_by else ""
     ui.err.print(
         Text.assemble(
             ui.literal(res.status, "green" if res.success else "red"),
-            f" after {steps} ({res.duration_s or 0:.1f}s)",
+            f"{ended} after {steps} ({res.duration_s or 0:.1f}s)",
         )
     )
     if res.final_text:
@@ -376,17 +386,20 @@ def ls(
     elif not found:
         ui.info("no sessions; start one with `vncsess up`")
     else:
+        headers = ["ID", "NAME", "STATUS", "AGENT", "MODEL", "CONTROL", "AGE", "IDLE LEFT",
+                   "SIZE", "URL"]  # fmt: skip
         ui.table(
-            ["ID", "NAME", "STATUS", "AGENT", "MODEL", "CONTROL", "AGE", "SIZE", "URL"],
+            headers,
             [
                 [
                     s.id,
                     s.name or "-",
-                    s.status,
+                    s.shown_status,
                     s.agent_state,
                     s.llm,
                     s.control,
                     ui.human_age(s.age_seconds),
+                    "-" if s.idle_left_s is None else ui.human_age(s.idle_left_s),
                     s.resolution,
                     s.to_dict(show_secrets=show_secrets)["novnc_url"] or "-",
                 ]
@@ -408,11 +421,13 @@ def inspect(session_id: IdArg, json_: JsonOpt = False) -> None:
     if json_:
         ui.print_json(d)
         return
+    d["status"] = s.shown_status
+    width = max(map(len, d))
     for key, value in d.items():
         shown = (
             ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
         )
-        ui.out.print(Text.assemble((f"{key:>13}", "bold"), "  ", ui.literal(shown)))
+        ui.out.print(Text.assemble((f"{key:>{width}}", "bold"), "  ", ui.literal(shown)))
 
 
 # ------------------------------------------------------------------ logs / stop
@@ -481,13 +496,97 @@ def _fail_batch(batch: Batch) -> None:
 
 @app.command()
 @handled
-def prune(json_: JsonOpt = False) -> None:
-    """Remove sessions that ended by themselves (--ttl reached, or every container exited)."""
-    from vncsess import sessions
+def prune(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            help="Also delete the data dirs (recordings, results, files) of sessions stopped "
+            "longer ago than this: 12h, 7d, 30d.",
+        ),
+    ] = "",
+    json_: JsonOpt = False,
+) -> None:
+    """Remove sessions that ended by themselves (--ttl or --idle-timeout reached, or every
+    container exited); their data dirs stay unless --older-than covers them."""
+    from vncsess import retention
 
     with ui.progress("pruning") as step:
-        removed = sessions.prune(_settings(), progress=step)
-    _print_stopped(removed, json_, "nothing to prune")
+        pruned = retention.prune(_settings(), older_than, progress=step)
+    if json_:
+        ui.print_json(pruned.to_dict())
+        return
+    _print_stopped(pruned.stopped, False, "" if older_than else "nothing to prune")
+    if older_than:
+        for sid in pruned.removed:
+            print(sid)
+        if pruned.removed:
+            ui.success(
+                f"deleted the data dirs of {len(pruned.removed)} session(s) stopped more than "
+                f"{older_than} ago ({ui.human_size(pruned.freed_bytes)})"
+            )
+        elif not pruned.stopped:
+            ui.info(f"nothing to prune: no session stopped more than {older_than} ago")
+
+
+@app.command("rm")
+@handled
+def rm(
+    session_ids: Annotated[
+        list[str],
+        typer.Argument(help="Session ids (or unique prefixes).", autocompletion=_complete_session),
+    ],
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Stop a running session first, then delete.")
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Delete stopped sessions' data dirs: recordings, results, screenshots, downloads.
+
+    A running session is refused unless --force. Like `docker rm`, acts on every id it
+    finds and reports the others (exit code 4 when one is missing)."""
+    from vncsess import retention
+
+    with ui.progress("removing") as step:
+        batch, freed = retention.rm(_settings(), session_ids, force=force, progress=step)
+    if json_:
+        ui.print_json({"removed": batch.done, "freed_bytes": freed})
+    else:
+        for sid in batch.done:
+            print(sid)
+        if batch.done:
+            ui.success(f"freed {ui.human_size(freed)}")
+    _fail_batch(batch)
+
+
+@app.command("du")
+@handled
+def du(json_: JsonOpt = False) -> None:
+    """Show what each session keeps on disk (recordings, files, logs), with a total."""
+    from vncsess import retention
+
+    usage = retention.du(_settings())
+    if json_:
+        ui.print_json(usage.to_dict())
+        return
+    if not usage.sessions:
+        ui.info(f"nothing on disk in {usage.home}")
+        return
+    size = ui.human_size
+    rows = [
+        [u.session_id, u.status,
+         ui.human_age((datetime.now(UTC) - u.ended_at).total_seconds()) if u.ended_at else "-",
+         size(u.recordings), size(u.files), size(u.logs), size(u.other), size(u.total)]
+        for u in usage.sessions
+    ]  # fmt: skip
+    t = usage.to_dict()["total"]
+    n = len(usage.sessions)
+    rows.append(["TOTAL", f"{n} session" + ("" if n == 1 else "s"), "", size(t["recordings_bytes"]),
+                 size(t["files_bytes"]), size(t["logs_bytes"]), size(t["other_bytes"]),
+                 size(t["total_bytes"])])  # fmt: skip
+    headers = ["SESSION", "STATUS", "STOPPED", "RECORDINGS", "FILES", "LOGS", "OTHER", "TOTAL"]
+    ui.table(headers, rows)
+    ui.info(f"in {usage.home}; `vncsess rm ID` or `vncsess prune --older-than 7d` frees space")
 
 
 # ------------------------------------------------------------------ results

@@ -161,21 +161,21 @@ def for_new_session(settings: Settings) -> Settings:
     )
 
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
 
 
 def parse_duration(value: str) -> int:
-    """`90`, `90s`, `30m`, `2h`, `1h30m` -> seconds; 0 or `never` means no limit."""
+    """`90`, `90s`, `30m`, `2h`, `1h30m`, `7d` -> seconds; 0 or `never` means no limit."""
     text = value.strip().lower()
     if text in ("never", "none", "0"):
         return 0
     m = _DURATION.match(text)
     if not text or not m or not any(m.groups()):
         raise BadInput(
-            f"malformed duration {value!r}", hint="use seconds or units: 90s, 30m, 2h, 1h30m"
+            f"malformed duration {value!r}", hint="use seconds or units: 90s, 30m, 2h, 1h30m, 7d"
         )
-    h, mi, sec = (int(g) if g else 0 for g in m.groups())
-    return h * 3600 + mi * 60 + sec
+    d, h, mi, sec = (int(g) if g else 0 for g in m.groups())
+    return d * 86400 + h * 3600 + mi * 60 + sec
 
 
 def _seconds(name: str, value: str) -> float:

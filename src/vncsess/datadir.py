@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vncsess import activity as act
 from vncsess.engines.base import SessionSecrets
 from vncsess.errors import VncsessError
 
@@ -166,6 +167,18 @@ class DataDir:
         return self.path / "links.json"
 
     @property
+    def activity(self) -> Path:
+        """The idle timeout's shared clock, mounted at /activity in both containers
+        (activity.py describes its files)."""
+        return self.path / "activity"
+
+    @property
+    def stopped_file(self) -> Path:
+        """Written by `stop` (and `prune`): {"at"}, when the session's containers went. What
+        `prune --older-than` measures a stopped session's age from."""
+        return self.path / "stopped.json"
+
+    @property
     def compose_file(self) -> Path:
         return self.path / "compose.yml"
 
@@ -180,15 +193,22 @@ class DataDir:
         try:
             self.path.mkdir(parents=True, mode=0o700)
             self.secrets.mkdir(mode=0o700)
-            for d in (self.agent, self.downloads, self.uploads, self.recordings, self.screenshots):
+            for d in (
+                self.agent, self.downloads, self.uploads, self.recordings, self.screenshots,
+                self.activity,
+            ):  # fmt: skip
                 d.mkdir(mode=0o750)
             self._secret("xauth", keys.xauth)
             self._secret("vnc_passwd", keys.vnc_passwd)
             self._secret("llm.env", keys.llm_env)
             (self.path / "task.txt").write_bytes(keys.task)
             self._own(self.path / "task.txt", 0o400)
-            for d in (self.agent, self.downloads, self.uploads, self.recordings, self.screenshots):
+            for d in (
+                self.agent, self.downloads, self.uploads, self.recordings, self.screenshots,
+                self.activity,
+            ):  # fmt: skip
                 self._own(d, 0o750)
+            act.stamp(self.activity, act.START)
         except OSError as exc:
             raise unwritable(self.path, exc) from None
 

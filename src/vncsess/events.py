@@ -197,9 +197,15 @@ class Lifecycle:
         elif h.kind == "exited" and key not in self._stopping:
             expires = parse_time(h.meta.get("expires"), 0.0)
             if expires and h.at >= expires - 5:
-                return [Fact("session.expired", h.session_id, h.at, {"service": h.service})]
-            data = {"service": h.service, "exit_code": h.exit_code}
-            return [Fact("session.failed", h.session_id, h.at, data)]
+                data = {"service": h.service, "expired_by": "ttl"}
+                return [Fact("session.expired", h.session_id, h.at, data)]
+            if h.meta.get("idle-timeout") and h.exit_code == 0:
+                # Both containers end themselves with 0 at the idle timeout (a failure of
+                # either is non-zero; a container killed is 137).
+                data = {"service": h.service, "expired_by": "idle"}
+                return [Fact("session.expired", h.session_id, h.at, data)]
+            failed = {"service": h.service, "exit_code": h.exit_code}
+            return [Fact("session.failed", h.session_id, h.at, failed)]
         elif h.kind == "removed":
             self._stopping.discard(key)
             return [Fact("session.stopped", h.session_id, h.at)]

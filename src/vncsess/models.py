@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,11 @@ class Session:
     expires_at: datetime | None = None  # --ttl: when the session ends itself
     endpoint: tuple[str, int] | None = None  # where this machine reaches noVNC
     owner: str = ""  # VNCSESS_OWNER when the session was started
+    idle_timeout_s: int = 0  # --idle-timeout; 0 = none
+    # When the session was last active (a viewer, an agent step, control); None when it has
+    # no idle timeout or has ended. With no activity from now on, it ends at this + timeout.
+    last_active_at: datetime | None = None
+    expired_by: str = ""  # "ttl" or "idle" once status is "expired"
     view_secret: str = field(default="", repr=False)
     control_secret: str = field(default="", repr=False)
 
@@ -58,6 +63,23 @@ class Session:
     @property
     def age_seconds(self) -> float:
         return (datetime.now(UTC) - self.created_at).total_seconds()
+
+    @property
+    def idle_expires_at(self) -> datetime | None:
+        """When the idle timeout ends the session if nothing happens from now on."""
+        if not self.idle_timeout_s or self.last_active_at is None:
+            return None
+        return self.last_active_at + timedelta(seconds=self.idle_timeout_s)
+
+    @property
+    def idle_left_s(self) -> float | None:
+        end = self.idle_expires_at
+        return None if end is None else max((end - datetime.now(UTC)).total_seconds(), 0.0)
+
+    @property
+    def shown_status(self) -> str:
+        """The status for people: `expired (idle)` / `expired (ttl)` say which limit."""
+        return f"{self.status} ({self.expired_by})" if self.expired_by else self.status
 
     @property
     def novnc_url(self) -> str:
@@ -90,6 +112,10 @@ class Session:
             "no_internet": self.no_internet,
             "recording": self.recording,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "expired_by": self.expired_by or None,
+            "idle_timeout_s": self.idle_timeout_s or None,
+            "idle_expires_at": self.idle_expires_at.isoformat() if self.idle_expires_at else None,
+            "idle_left_s": None if self.idle_left_s is None else round(self.idle_left_s, 1),
             "owner": self.owner,
         }
         if show_secrets and self.control_url and self.control != "watching":

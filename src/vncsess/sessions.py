@@ -13,13 +13,13 @@ import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vncsess import engines, images, recordings, rfb
+from vncsess import activity, engines, images, recordings, rfb
 from vncsess.config import Settings, for_new_session, parse_duration, parse_resolution
 from vncsess.datadir import DataDir, check_room, container_ids, env_text, new_secrets
 from vncsess.engines.base import Engine, Observed, Progress, SessionSecrets, SessionSpec
@@ -53,6 +53,7 @@ DEFAULT_MODELS = {
 }
 MAX_TASK_BYTES = 256 * 1024
 MAX_TTL_S = 30 * 24 * 3600
+MIN_IDLE_S = 5
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _SIZE = re.compile(r"^\d+(\.\d+)?[kmg]?$", re.IGNORECASE)
 
@@ -69,6 +70,7 @@ class UpOptions:
     record: bool = False
     record_fps: int = 15
     ttl: str = ""  # a duration; "" = no time limit
+    idle_timeout: str = ""  # a duration without activity, then the session ends; "" = none
     no_internet: bool = False
     cpus: str = "1.5"
     memory: str = "2g"
@@ -207,6 +209,7 @@ class _Checked:
     ttl: int
     llm: str
     llm_env: str
+    idle_timeout: int = 0
 
 
 def _check(settings: Settings, opts: UpOptions, explicit_env: bool) -> _Checked:
@@ -215,9 +218,19 @@ def _check(settings: Settings, opts: UpOptions, explicit_env: bool) -> _Checked:
     ttl = parse_duration(opts.ttl) if opts.ttl else 0
     if ttl > MAX_TTL_S:
         raise BadInput(f"--ttl {opts.ttl} is too long", hint="at most 30 days (720h)")
+    idle = parse_duration(opts.idle_timeout) if opts.idle_timeout else 0
+    if idle > MAX_TTL_S:
+        raise BadInput(
+            f"--idle-timeout {opts.idle_timeout} is too long", hint="at most 30 days (720h)"
+        )
+    if 0 < idle < MIN_IDLE_S:
+        raise BadInput(
+            f"--idle-timeout {opts.idle_timeout} is too short",
+            hint=f"at least {MIN_IDLE_S} s: a session needs a few seconds to start",
+        )
     validate(opts)
     llm_env, env_values = read_env_file(settings.env_file, explicit_env)
-    return _Checked(f"{w}x{h}", ttl, resolve_llm(opts, env_values), llm_env)
+    return _Checked(f"{w}x{h}", ttl, resolve_llm(opts, env_values), llm_env, idle)
 
 
 def _spec(
@@ -252,6 +265,7 @@ def _spec(
         agent_memory=opts.memory,
         secrets=keys,
         owner=settings.owner,
+        idle_timeout_s=checked.idle_timeout,
     )
 
 
@@ -409,9 +423,21 @@ def _session_from(seen: Observed, settings: Settings) -> Session:
     expires = meta.get("expires") or ""
     expires_at = datetime.fromisoformat(expires) if expires else None
     status = _status(seen.services, seen.health)
-    if status == "exited" and expires_at and expires_at <= datetime.now(UTC):
-        status = "expired"
     data = DataDir(Path(meta.get("data-dir") or settings.session_dir(seen.session_id)))
+    idle = meta.get("idle-timeout", "")
+    idle_timeout = int(idle) if idle.isdigit() else 0
+    expired_by = ""
+    # The idle timeout ended it: the container that found it idle said so in `ended`.
+    if idle_timeout and status in ("exited", "degraded") and activity.ended(data.activity):
+        status, expired_by = "expired", activity.IDLE
+    elif status == "exited" and expires_at and expires_at <= datetime.now(UTC):
+        status, expired_by = "expired", "ttl"
+    created = datetime.fromisoformat(meta.get("created") or "1970-01-01T00:00:00+00:00")
+    last_active = None
+    if idle_timeout and status not in ENDED:
+        last = activity.last_activity(data.activity)
+        # Nothing recorded (a data dir from elsewhere): count from its creation.
+        last_active = datetime.fromtimestamp(last, UTC) if last else created
     raw = data.read_json(data.status_file)
     control = (data.read_json(data.control_file) or {}).get("state", "watching")
     if raw is not None:
@@ -421,7 +447,6 @@ def _session_from(seen: Observed, settings: Settings) -> Session:
     if agent_state == PAUSED and control == "watching":
         control = "paused"
     view, ctl = data.vnc_secrets()
-    created = datetime.fromisoformat(meta.get("created") or "1970-01-01T00:00:00+00:00")
     return Session(
         id=seen.session_id,
         name=meta.get("name", ""),
@@ -442,6 +467,9 @@ def _session_from(seen: Observed, settings: Settings) -> Session:
         view_secret=view,
         control_secret=ctl,
         owner=meta.get("owner", ""),
+        idle_timeout_s=idle_timeout,
+        last_active_at=last_active,
+        expired_by=expired_by,
     )
 
 
@@ -585,6 +613,12 @@ def stop(
 
     def tidy(s: Session) -> None:
         data = DataDir(s.data_dir)
+        if data.path.is_dir():  # what `prune --older-than` measures age from
+            with suppress(OSError):
+                data.write_json(
+                    data.stopped_file,
+                    {"at": _now_iso(), "status": s.status, "expired_by": s.expired_by or None},
+                )
         data.forget_secrets()
         recordings.finalize_partials(settings, engine, data)
 
@@ -595,8 +629,13 @@ def stop(
 
 def prune(settings: Settings, progress: Progress = _quiet) -> list[str]:
     """Remove every session that has ended by itself (expired, or all containers exited),
-    as `stop` would: recordings finalised, data dirs kept."""
-    ended = [s.id for s in list_sessions(settings) if s.status in ENDED]
+    as `stop` would: recordings finalised, data dirs kept. With VNCSESS_OWNER set, only
+    that owner's: a CI job or a test run prunes what it started, not its neighbours'."""
+    ended = [
+        s.id
+        for s in list_sessions(settings)
+        if s.status in ENDED and (not settings.owner or s.owner == settings.owner)
+    ]
     return stop(settings, ended, progress=progress).done if ended else []
 
 
@@ -698,6 +737,10 @@ def set_control(settings: Settings, ref: str, take: bool) -> Session:
         data.control_file,
         {"state": "controlled" if take else "watching", "since": datetime.now(UTC).isoformat()},
     )
+    # For the idle timeout: a person in control keeps the session alive; handing back is
+    # activity too, from which the idle time counts again.
+    activity.write(data.activity, activity.CONTROL, f"{'controlled' if take else 'watching'} "
+                   f"{int(time.time())}")  # fmt: skip
     return get(settings, session.id)
 
 

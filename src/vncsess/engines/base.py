@@ -33,6 +33,7 @@ META_KEYS = (
     "no-internet",  # "1" or ""
     "recording",  # "1" if recording started with the session
     "expires",  # ISO 8601 end of --ttl, or ""
+    "idle-timeout",  # --idle-timeout in seconds, or ""
     "owner",  # VNCSESS_OWNER: sets a group of sessions apart (a test run, a CI job)
 )
 
@@ -80,6 +81,7 @@ class SessionSpec:
     vnc_memory: str = "512m"
     pids_limit: int = 1024
     owner: str = ""
+    idle_timeout_s: int = 0  # 0 = none; see activity.py
 
     @property
     def meta(self) -> dict[str, str]:
@@ -95,6 +97,7 @@ class SessionSpec:
             "no-internet": "1" if self.no_internet else "",
             "recording": "1" if self.record else "",
             "expires": self.expires_at,
+            "idle-timeout": str(self.idle_timeout_s) if self.idle_timeout_s else "",
             "owner": self.owner,
         }
 

@@ -500,6 +500,7 @@ def compose_env(spec: SessionSpec, display_network: str = DISPLAY_NETWORK) -> di
         "CREATED_AT": spec.created_at,
         "TTL": str(spec.ttl_s) if spec.ttl_s else "",
         "EXPIRES_AT": spec.expires_at,
+        "IDLE_TIMEOUT": str(spec.idle_timeout_s) if spec.idle_timeout_s else "",
         "RESOLUTION": spec.resolution,
         "DATA_DIR": str(spec.data_dir),
         "PUBLIC_HOST": spec.public_host,

@@ -184,6 +184,7 @@ def render(
         labels[OWNER_LABEL] = spec.owner
     annotations = {META_PREFIX + k: v for k, v in spec.meta.items()}
     ttl = str(spec.ttl_s) if spec.ttl_s else ""
+    idle = str(spec.idle_timeout_s) if spec.idle_timeout_s else ""
     data = spec.session_id  # the data dir's path inside the claim (see DataDir)
 
     def data_mount(sub: str, at: str) -> dict[str, Any]:
@@ -200,6 +201,7 @@ def render(
                 "RECORD_FPS": str(spec.record_fps),
                 "RECORD_ON_START": "1" if spec.record else "",
                 "SESSION_TTL": ttl,
+                "SESSION_IDLE_TIMEOUT": idle,
             }
         ),
         "ports": [{"name": "novnc", "containerPort": NOVNC_PORT, "protocol": "TCP"}],
@@ -220,6 +222,7 @@ def render(
             {"name": "vnc-secrets", "mountPath": SECRETS_DIR},
             data_mount("recordings", "/data/recordings"),
             data_mount("screenshots", "/data/screenshots"),
+            data_mount("activity", "/activity"),
         ],
     }
     agent = {
@@ -238,6 +241,7 @@ def render(
                 "VNCSESS_DEMO_STEP_DELAY": f"{spec.demo_step_delay:g}",
                 "VNCSESS_NO_INTERNET": "1" if spec.no_internet else "",
                 "VNCSESS_TTL": ttl,
+                "VNCSESS_IDLE_TIMEOUT": idle,
             }
         ),
         "securityContext": _hardened(),
@@ -251,6 +255,7 @@ def render(
             data_mount("agent", "/data"),
             # Files put into the session (files.py): the agent reads, never writes.
             {**data_mount("agent/uploads", "/data/uploads"), "readOnly": True},
+            data_mount("activity", "/activity"),
         ],
     }
     # The vnc container's secrets, copied into a Memory emptyDir that `control` rewrites by

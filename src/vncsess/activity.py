@@ -1,0 +1,1 @@
+../../agent/vncsess_agent/activity.py
