@@ -191,7 +191,7 @@ class Runner:
             await self._run_script(self.s.script_file)
             return
         if self.s.task.strip():
-            await self._run_task(1, self.s.task)
+            await self._run_task(1, self.s.task, at_start=True)
         else:
             first = await self._idle()
             if first is None:
@@ -232,7 +232,7 @@ class Runner:
                 return found
             await asyncio.sleep(INBOX_POLL_S)
 
-    async def _run_task(self, n: int, text: str) -> None:
+    async def _run_task(self, n: int, text: str, at_start: bool = False) -> None:
         """Task n in the session's one browser: the first makes the Agent, a follow-up is
         handed to the same Agent (browser-use's add_new_task), so the pages, their history
         and the model's memory of the earlier tasks carry over."""
@@ -240,8 +240,9 @@ class Runner:
             text = settings_mod.DEMO_TASK
         self.outputs.start_task(n)
         self.task_no = n
-        self.task_t0 = self.t0 if n == 1 and self.agent is None else time.monotonic()
-        self._task_started_at = self.started_at if n == 1 else utc_now()
+        # The task given at start is timed from the runner's start, as it always was.
+        self.task_t0 = self.t0 if at_start else time.monotonic()
+        self._task_started_at = self.started_at if at_start else utc_now()
         data = text.encode("utf-8")
         LOG.info("task %d: sha256=%s bytes=%d", n, hashlib.sha256(data).hexdigest(), len(data))
         if self.agent is None:
