@@ -148,3 +148,40 @@ def test_an_idle_session_takes_a_task_and_task_wait_returns_it(cli: Cli) -> None
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)["result"]
     assert res["task"] == 1 and res["success"] and SECRET in res["final_text"]
+
+
+def test_the_api_queues_tasks_and_scripts_behind_the_token(cli: Cli) -> None:
+    """POST /v1/sessions/{id}/tasks, result?task=N and wait?task=N on a real `serve`; a
+    script in the create body; problem+json for a task that does not exist or cannot run."""
+    from tests.test_api import AUTH, start_server
+
+    server = start_server(cli, VNCSESS_DEMO_STEP_DELAY=FAST)
+    try:
+        s = server.create()  # an idle desktop
+        sid = s["session_id"]
+        with server.http as c:
+            assert c.post(f"/v1/sessions/{sid}/tasks", json={"task": "demo"}, headers={
+                "Authorization": "Bearer wrong-token-0123456789"}).status_code == 401  # fmt: skip
+            r = c.post(f"/v1/sessions/{sid}/tasks", json={"task": "demo"})
+            assert r.status_code == 202 and r.json() == {"session_id": sid, "task": 1}, r.text
+            done = c.get(f"/v1/sessions/{sid}/wait", params={"task": 1, "timeout": 180})
+            assert done.status_code == 200, done.text
+            assert SECRET in done.json()["result"]["final_text"]
+            one = c.get(f"/v1/sessions/{sid}/result", params={"task": 1}).json()["result"]
+            assert one["task"] == 1 and one["success"] is True
+            none = c.get(f"/v1/sessions/{sid}/result", params={"task": 2})
+            assert none.status_code == 404
+            assert none.headers["content-type"] == "application/problem+json"
+            assert "has no task 2" in none.json()["detail"]
+            # A script session, from the create body; it takes no follow-up (409).
+            script = "import json\nprint(json.dumps({'final_text': 'from the API'}))\n"
+            sc = server.create(script=script, script_args=["a b"])
+            r = c.post(f"/v1/sessions/{sc['session_id']}/tasks", json={"task": "more"})
+            assert r.status_code == 409 and "runs a script" in r.json()["detail"]
+            res = c.get(f"/v1/sessions/{sc['session_id']}/wait", params={"timeout": 120}).json()
+            assert res["result"]["final_text"] == "from the API" and res["result"]["exit_code"] == 0
+        token = AUTH["Authorization"].split()[1]
+        printed = [i for i, line in enumerate(server.stderr) if token in line]
+        assert max(printed) < 6, "the token is printed in serve's banner only"
+    finally:
+        server.stop()
