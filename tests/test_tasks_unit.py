@@ -43,7 +43,8 @@ def test_follow_ups_are_numbered_after_the_first_task_and_written_whole(tmp_path
     assert sorted(p.name for p in data.inbox.iterdir()) == ["2.task", "3.task"]
     assert (data.inbox / "3.task").read_text(encoding="utf-8") == "third ✓"
     # Taken by the runner (renamed), a number is still used.
-    (data.inbox / "2.task").rename(data.inbox / "2.taken")
+    for n in (2, 3):
+        (data.inbox / f"{n}.task").rename(data.inbox / f"{n}.taken")
     assert tasks.submit(_session(data), "fourth") == 4
 
 
