@@ -25,6 +25,7 @@ from vncsess_agent.protocol import (
     RESULT_FILE,
     STARTING,
     STATUS_FILE,
+    TASKS_DIR,
     Status,
 )
 
@@ -60,7 +61,9 @@ class Outputs:
         self.state = STARTING
         self.step = 0
         self.url: str | None = None
-        self.result: dict[str, Any] | None = None
+        self.result: dict[str, Any] | None = None  # the latest task's result, once written
+        self.task = 0  # the task running (1, 2, ... follow-ups); 0: none yet
+        self._finished: set[int] = set()
         self._seq = 0
 
     def status(
@@ -80,13 +83,29 @@ class Outputs:
             except OSError as exc:
                 self.log.warning("cannot write status.json: %s", exc)
 
-    def write_result(self, result: dict[str, Any]) -> bool:
-        """Write result.json once; later calls are ignored (first outcome wins)."""
+    def has_result(self, task: int | None = None) -> bool:
+        """Whether `task` (default: the one running) has its result written."""
+        task = self.task if task is None else task
+        return task in self._finished if task else self.result is not None
+
+    def start_task(self, task: int) -> None:
+        """A new task begins: its events carry its number, and it will have its own result."""
         with self._lock:
-            if self.result is not None:
+            self.task = task
+            self.result = None
+
+    def write_result(self, result: dict[str, Any]) -> bool:
+        """Write the running task's result once (first outcome wins; later calls are
+        ignored): tasks/N.json, and result.json, which is always the latest result."""
+        with self._lock:
+            if self.has_result():
                 return False
             self.result = result
+            if self.task:
+                self._finished.add(self.task)
             try:
+                if self.task:
+                    write_json_atomic(self.data_dir / TASKS_DIR / f"{self.task}.json", result)
                 write_json_atomic(self.data_dir / RESULT_FILE, result)
             except OSError as exc:
                 self.log.error("cannot write result.json: %s", exc)
@@ -99,6 +118,8 @@ class Outputs:
         with self._lock:
             self._seq += 1
             line = {"seq": self._seq, "type": kind, "at": utc_now(), **fields}
+            if self.task:
+                line.setdefault("task", self.task)
             data = (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
             try:
                 fd = os.open(

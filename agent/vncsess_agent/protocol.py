@@ -15,6 +15,18 @@ from typing import Any
 STATUS_FILE = "status.json"  # rewritten as the run goes
 RESULT_FILE = "result.json"  # written once, when the run ends
 EVENTS_FILE = "events.jsonl"  # appended, never rewritten: one JSON line per event
+# Follow-up tasks. The host drops each one into INBOX_DIR as `N.task` (written beside it under
+# a dot-name, then renamed: the runner never sees half a file); the runner renames it to
+# `N.taken` when it starts it, and writes its result to TASKS_DIR/N.json (result.json is
+# always the latest result). The task text only: never a key.
+INBOX_DIR = "inbox"
+TASKS_DIR = "tasks"
+TASK_SUFFIX, TAKEN_SUFFIX = ".task", ".taken"
+# `up --script`: the user's script and its arguments, mounted read-only into the agent
+# container at SCRIPT_MOUNT. SCRIPT_FILE is the script, SCRIPT_ARGS_FILE a JSON list of str.
+SCRIPT_MOUNT = "/opt/vncsess-script"
+SCRIPT_FILE = "agent_script.py"
+SCRIPT_ARGS_FILE = "args.json"
 
 # events.jsonl: each line {"seq": N, "type": T, "at": ISO 8601 UTC, ...fields}, written with
 # one append, so a reader sees whole lines (it leaves a last line without its newline for
@@ -23,6 +35,7 @@ EVENTS_FILE = "events.jsonl"  # appended, never rewritten: one JSON line per eve
 #   agent.paused    SIGUSR1: someone took control
 #   agent.resumed   SIGUSR2: handed back
 #   agent.finished  result (the result.json object)
+# Each of them also carries `task` (1, 2, ...: which task of the session it belongs to).
 AGENT_EVENTS = ("agent.step", "agent.paused", "agent.resumed", "agent.finished")
 
 # The agent's state in status.json.
@@ -58,6 +71,9 @@ class Result:
     first_navigation_s: float | None  # runner start to the first page load
     # "idle" or "ttl" when the session's own limit ended the run (--idle-timeout, --ttl)
     expired_by: str | None = None
+    task: int | None = None  # which task of the session (1, 2, ... follow-ups); None: older
+    exit_code: int | None = None  # `up --script`: the script's exit code
+    output: Any = None  # `up --script`: the last JSON value the script printed on stdout
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Result:
@@ -75,6 +91,9 @@ class Result:
             duration_s=d.get("duration_s"),
             first_navigation_s=d.get("first_navigation_s"),
             expired_by=d.get("expired_by"),
+            task=d.get("task"),
+            exit_code=d.get("exit_code"),
+            output=d.get("output"),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,20 +28,28 @@ Files (each may be missing)
   /data/events.jsonl      one JSON line per step, pause, resume and the end (protocol.py)
   /data/downloads/        the browser's downloads
   /data/uploads/          files vncsess put in (read-only): the agent's available_file_paths
+  /data/inbox/N.task      a follow-up task (`vncsess task`), taken in number order once the
+                          last task is done (renamed N.taken); it runs in the same browser
+  /data/tasks/N.json      each task's own result (result.json is the latest)
+  /opt/vncsess-script/    `up --script`: agent_script.py and args.json (read-only). The runner
+                          runs the script instead of an Agent, its output in the logs; its exit
+                          code and last JSON line on stdout become the result
 Signals
   SIGUSR1 pause the agent before its next action (state "paused")
   SIGUSR2 resume it (state "running")
   SIGTERM / SIGINT  write a "cancelled" result if the task is still running, close Chromium,
                     exit 0 within about 2 s
 After the task ends (either way) Chromium stays open on its last page and the runner waits for
-SIGTERM, with state "done" or "failed".
+follow-up tasks, or SIGTERM, with state "done" or "failed".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import os
 import signal
@@ -62,10 +70,13 @@ from vncsess_agent.protocol import (
     DONE,
     FAILED,
     IDLE,
+    INBOX_DIR,
     PAUSED,
     RUNNING,
     STARTING,
     SUCCEEDED,
+    TAKEN_SUFFIX,
+    TASK_SUFFIX,
     Result,
 )
 
@@ -86,6 +97,8 @@ OFFLINE_ENV = {
 MAX_FAILURES = 3  # consecutive failed steps before browser-use gives up (its default is 5)
 DISPLAY_DIED = "the display died"  # the first error of a result when Xvfb went away
 SHUTDOWN_DEADLINE_S = 2.5
+INBOX_POLL_S = 0.5  # how often the inbox is looked at while no task runs
+SCRIPT_LINE_LIMIT = 4 << 20  # a longer line of a script's output is cut
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -132,6 +145,10 @@ class Runner:
         self.expired_by: str | None = None  # "ttl" or "idle" when a limit ended the session
         self._shutting_down = False
         self._stopped = asyncio.Event()
+        self.task_no = 0  # the task running or last run (1, 2, ...); 0: none yet
+        self.task_t0 = t0  # when it started (monotonic)
+        self._history_start = 0  # where its steps begin in the agent's history
+        self._task_started_at = started_at
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -178,10 +195,69 @@ class Runner:
             self._expiry = asyncio.create_task(self._expire(self.s.ttl))
         if self.s.idle_timeout > 0:
             self._idle_watch = asyncio.create_task(self._watch_idle(self.s.idle_timeout))
-        if not self.s.task.strip():
-            await self._idle()
+        if self.s.script_file is not None:
+            await self._run_script(self.s.script_file)
+            return
+        if self.s.task.strip():
+            await self._run_task(1, self.s.task, at_start=True)
         else:
-            await self._run_agent()
+            first = await self._idle()
+            if first is None:
+                return
+            await self._run_task(*first)
+        while self.phase == "finished" and not self._shutting_down:
+            await self._run_task(*await self._next_from_inbox())
+
+    # -- follow-up tasks ---------------------------------------------------------------------
+
+    def _take_from_inbox(self) -> tuple[int, str] | None:
+        """The lowest-numbered task waiting in the inbox, marked taken; None if none."""
+        inbox = self.s.data_dir / INBOX_DIR
+        try:
+            names = os.listdir(inbox)
+        except OSError:
+            return None
+        numbers = sorted(
+            int(name.removesuffix(TASK_SUFFIX))
+            for name in names
+            if name.endswith(TASK_SUFFIX) and name.removesuffix(TASK_SUFFIX).isdigit()
+        )
+        for n in numbers:
+            path = inbox / f"{n}{TASK_SUFFIX}"
+            try:
+                text = path.read_bytes().decode("utf-8", errors="replace")
+                os.replace(path, inbox / f"{n}{TAKEN_SUFFIX}")
+            except OSError as exc:
+                LOG.warning("cannot take task %d from the inbox: %s", n, exc)
+                continue
+            return n, text
+        return None
+
+    async def _next_from_inbox(self) -> tuple[int, str]:
+        while True:
+            found = self._take_from_inbox()
+            if found is not None:
+                return found
+            await asyncio.sleep(INBOX_POLL_S)
+
+    async def _run_task(self, n: int, text: str, at_start: bool = False) -> None:
+        """Task n in the session's one browser: the first makes the Agent, a follow-up is
+        handed to the same Agent (browser-use's add_new_task), so the pages, their history
+        and the model's memory of the earlier tasks carry over."""
+        if text.strip() == "demo":
+            text = settings_mod.DEMO_TASK
+        self.outputs.start_task(n)
+        self.task_no = n
+        # The task given at start is timed from the runner's start, as it always was.
+        self.task_t0 = self.t0 if at_start else time.monotonic()
+        self._task_started_at = self.started_at if at_start else utc_now()
+        data = text.encode("utf-8")
+        LOG.info("task %d: sha256=%s bytes=%d", n, hashlib.sha256(data).hexdigest(), len(data))
+        if self.agent is None:
+            await self._run_agent(text)
+            return
+        self.agent.add_new_task(text)
+        await self._run_current()
 
     async def _expire(self, ttl: float) -> None:
         """--ttl: the session ends itself, as if stopped (the vnc container does the same)."""
@@ -204,8 +280,9 @@ class Runner:
 
     # -- idle --------------------------------------------------------------------------------
 
-    async def _idle(self) -> None:
-        """No task: keep a Chromium window on the "waiting for a task" page until SIGTERM.
+    async def _idle(self) -> tuple[int, str] | None:
+        """No task: keep a Chromium window on the "waiting for a task" page until SIGTERM,
+        or until a task comes into the inbox (returned, the window closed for the Agent's).
 
         If the window is closed (say, by someone in noVNC) it is opened again; if Chromium dies
         within seconds of its launch, it cannot start, and the session fails with its output.
@@ -227,12 +304,19 @@ class Runner:
             except OSError as exc:
                 watch.cancel()
                 self._finish(FAILED, errors=[f"cannot start Chromium: {exc}"])
-                return
+                return None
             # Chromium's exit (a thread blocked in waitpid) or the display's death (the X
             # server drops the watch's connection): no polling, an idle session wakes for
             # nothing.
             exited = asyncio.ensure_future(asyncio.to_thread(proc.wait))
-            await asyncio.wait({exited, watch}, return_when=asyncio.FIRST_COMPLETED)
+            inbox = asyncio.ensure_future(self._next_from_inbox())
+            await asyncio.wait({exited, watch, inbox}, return_when=asyncio.FIRST_COMPLETED)
+            if inbox.done():
+                watch.cancel()
+                await asyncio.to_thread(chromium.terminate_tree, proc.pid, 1.0)
+                await exited
+                return inbox.result()
+            inbox.cancel()
             died = watch.done()
             if died:  # and Chromium with it, if it has not gone yet
                 with contextlib.suppress(TimeoutError):
@@ -252,7 +336,7 @@ class Runner:
                     waited = await wait_for_display(n, xauth, self.s.display_timeout, LOG)
                 except DisplayError as exc:
                     self._finish(FAILED, errors=[DISPLAY_DIED, str(exc)])
-                    return
+                    return None
                 LOG.info("the display is back after %.1f s: opening Chromium again", waited)
                 continue
             if lived < 5.0:
@@ -262,14 +346,14 @@ class Runner:
                 diagnosis = await chromium.diagnose()
                 first = f"Chromium exited right after its launch (code {proc.returncode})"
                 self._finish(FAILED, errors=[first, diagnosis])
-                return
+                return None
             LOG.info(
                 "the idle Chromium window was closed (code %s); opening it again", proc.returncode
             )
 
     # -- the agent ---------------------------------------------------------------------------
 
-    async def _run_agent(self) -> None:
+    async def _run_agent(self, task: str) -> None:
         from vncsess_agent.llm import LLMConfigError, make_llm, watch_errors
 
         try:
@@ -295,7 +379,7 @@ class Runner:
         )
         session.event_bus.on(NavigationCompleteEvent, self._on_navigation)
         self.agent = agent = Agent(
-            task=self.s.task,
+            task=task,
             llm=llm,
             browser_session=session,
             use_judge=False,
@@ -307,21 +391,29 @@ class Runner:
             register_new_step_callback=self._on_step,
             available_file_paths=files.uploads(self.s.uploads_dir),
         )
-        if agent.task != self.s.task:
+        if agent.task != task:
             LOG.warning(
                 "browser-use changed the task text (%d -> %d chars)",
-                len(self.s.task),
+                len(task),
                 len(agent.task),
             )
-        self.phase = "running"
-        if not agent.state.paused:
-            self.outputs.status(RUNNING)
         LOG.info(
             "agent starting (llm=%s, max_steps=%d, %.2f s since start)",
             self.s.llm,
             self.s.max_steps,
             self._elapsed(),
         )
+        await self._run_current()
+
+    async def _run_current(self) -> None:
+        """Run the Agent on its current task, and write that task's result."""
+        agent = self.agent
+        assert agent is not None
+        self._history_start = len(agent.history.history)
+        self.nav_urls = []
+        self.phase = "running"
+        if not agent.state.paused:
+            self.outputs.status(RUNNING, step=0)
 
         try:
             history = await self._unless_display_dies(agent.run(max_steps=self.s.max_steps))
@@ -340,8 +432,8 @@ class Runner:
             self._finish(FAILED, errors=errors)
             return
 
-        errors = [e for e in history.errors() if e]
-        if history.is_done():
+        errors = [e for e in history.errors()[self._history_start :] if e]
+        if len(history.history) > self._history_start and history.is_done():
             success = bool(history.is_successful())
             status = SUCCEEDED if success else FAILED
             if not success:
@@ -392,8 +484,102 @@ class Runner:
         # Model steps only: the URL that browser-use opens from the task is recorded as step 0.
         return sum(
             1
-            for h in self.agent.history.history
+            for h in self.agent.history.history[self._history_start :]
             if h.model_output is not None and h.metadata is not None and h.metadata.step_number >= 1
+        )
+
+    # -- up --script -------------------------------------------------------------------------
+
+    async def _run_script(self, path: Path) -> None:
+        """Run the user's script (`up --script`) in place of an Agent, as task 1.
+
+        It runs with this process's environment, which holds no key: it reads them, like
+        this runner, from the secret file (vncsess_agent.script does it for it). Its output
+        goes to the logs line by line, keys redacted; its exit code and the last JSON line
+        it printed on stdout become the result.
+        """
+        args = self.s.script_args
+        self.outputs.start_task(1)
+        self.task_no, self.task_t0 = 1, time.monotonic()
+        workdir = self.s.data_dir / "script-output"
+        with contextlib.suppress(OSError):
+            workdir.mkdir(exist_ok=True)
+        LOG.info("script: running %s with %d argument(s) in %s", path, len(args), workdir)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(path),
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=workdir if workdir.is_dir() else None,
+                limit=SCRIPT_LINE_LIMIT,
+            )
+        except OSError as exc:
+            self._finish(FAILED, errors=[f"cannot run the script: {exc}"], steps=0, urls=[])
+            return
+        self.phase = "running"
+        self.outputs.status(RUNNING)
+        last: list[Any] = []  # the last JSON value on stdout, if any
+        tail: list[str] = []  # the last lines on stderr, for the errors of a failure
+        await asyncio.gather(
+            self._pump(proc.stdout, sys.stdout, last=last),
+            self._pump(proc.stderr, sys.stderr, tail=tail),
+        )
+        code = await proc.wait()
+        self._finish_script(code, last[0] if last else None, tail)
+
+    async def _pump(
+        self,
+        stream: asyncio.StreamReader | None,
+        out: Any,
+        last: list[Any] | None = None,
+        tail: list[str] | None = None,
+    ) -> None:
+        if stream is None:
+            return
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:  # a line over the limit: take what there is of it
+                raw = await stream.read(SCRIPT_LINE_LIMIT)
+            if not raw:
+                return
+            line = self.redact(raw.decode("utf-8", errors="replace").rstrip("\n"))
+            out.write(line + "\n")
+            out.flush()
+            if last is not None and line.strip():
+                with contextlib.suppress(ValueError):
+                    value = json.loads(line)
+                    last[:] = [value]
+            if tail is not None and line.strip():
+                tail.append(line.strip())
+                del tail[:-3]
+
+    def _finish_script(self, code: int, output: Any, tail: list[str]) -> None:
+        fields = output if isinstance(output, dict) else {}
+        success = code == 0 and fields.get("success", True) is not False
+        text = fields.get("final_text", fields.get("text")) if fields else output
+        if text is not None and not isinstance(text, str):
+            text = json.dumps(text, ensure_ascii=False)
+        errors = [str(e) for e in fields.get("errors") or [] if e] if fields else []
+        if code != 0:
+            errors.insert(0, f"the script {chromium.describe_exit(code)}")
+            errors[1:1] = tail[-1:]  # a traceback's last line says what went wrong
+        elif not success:
+            errors.insert(0, "the script reported that it did not succeed")
+        urls = fields.get("urls")
+        steps = fields.get("steps")
+        self._finish(
+            SUCCEEDED if success else FAILED,
+            success=success,
+            final_text=text,
+            errors=errors,
+            exit_code=code,
+            output=output,
+            steps=steps if isinstance(steps, int) else 0,
+            urls=[str(u) for u in urls] if isinstance(urls, list) else [],
         )
 
     # -- callbacks from browser-use ----------------------------------------------------------
@@ -480,7 +666,7 @@ class Runner:
         timer.daemon = True
         timer.start()
         LOG.info("%s: stopping", name)
-        if self.outputs.result is None:
+        if not self.outputs.has_result():
             if self.phase == "running":
                 errors = [f"stopped by {name} before the task finished"]
                 if self.fatal_llm_error:
@@ -500,7 +686,8 @@ class Runner:
     def _urls(self) -> list[str]:
         urls = list(self.nav_urls)
         if self.agent is not None:
-            for url in self.agent.history.urls():
+            for h in self.agent.history.history[self._history_start :]:
+                url = getattr(getattr(h, "state", None), "url", None)
                 if _is_page_url(url) and url not in urls:
                     urls.append(url)
         return urls
@@ -512,6 +699,10 @@ class Runner:
         final_text: str | None = None,
         errors: list[str] | None = None,
         state: str | None = None,
+        exit_code: int | None = None,
+        output: Any = None,
+        steps: int | None = None,
+        urls: list[str] | None = None,
     ) -> None:
         self.phase = "finished"
         clean_errors: list[str] = []
@@ -526,15 +717,18 @@ class Runner:
             status=status,
             success=bool(success) and status == SUCCEEDED,
             final_text=self.redact(final_text) if final_text is not None else None,
-            steps=self._agent_steps(),
-            urls=self._urls(),
+            steps=self._agent_steps() if steps is None else steps,
+            urls=self._urls() if urls is None else urls,
             errors=clean_errors,
             llm=self.s.llm,
-            started_at=self.started_at,
+            started_at=self.started_at if self.task_no <= 1 else self._task_started_at,
             finished_at=utc_now(),
-            duration_s=round(self._elapsed(), 3),
+            duration_s=round(time.monotonic() - self.task_t0, 3),
             first_navigation_s=self.first_navigation_s,
             expired_by=self.expired_by if status == CANCELLED else None,
+            task=self.task_no or None,
+            exit_code=exit_code,
+            output=output,
         ).to_dict()
         if self.outputs.write_result(result):
             LOG.info(
@@ -592,7 +786,9 @@ def main() -> int:
         s.height,
         s.max_steps,
     )
-    if s.task.strip():
+    if s.script_file is not None:
+        LOG.info("script: %s (the task runner is not used)", s.script_file)
+    elif s.task.strip():
         LOG.info("task (%s): %s", s.task_source, s.task_digest)
     else:
         LOG.info(

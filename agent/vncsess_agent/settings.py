@@ -12,10 +12,13 @@ without its sandbox, so a compromised renderer could read whatever that environm
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from vncsess_agent.protocol import SCRIPT_ARGS_FILE, SCRIPT_FILE, SCRIPT_MOUNT
 
 DEMO_PORT = 8765
 DEMO_URL = f"http://127.0.0.1:{DEMO_PORT}/"
@@ -58,6 +61,22 @@ class Settings:
     # The activity dir is shared with the vnc container (see activity.py).
     idle_timeout: float = 0.0
     activity_dir: Path = Path("/activity")
+    # `up --script`: where the user's script is mounted (read-only); see protocol.py.
+    script_dir: Path = Path(SCRIPT_MOUNT)
+
+    @property
+    def script_file(self) -> Path | None:
+        """The user's script when the session runs one (`up --script`), else None."""
+        path = self.script_dir / SCRIPT_FILE
+        return path if path.is_file() else None
+
+    @property
+    def script_args(self) -> list[str]:
+        try:
+            args = json.loads((self.script_dir / SCRIPT_ARGS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        return [str(a) for a in args] if isinstance(args, list) else []
 
     @property
     def llm_env_names(self) -> list[str]:
@@ -198,4 +217,5 @@ def load() -> Settings:
         warnings=warnings,
         idle_timeout=_parse_float("VNCSESS_IDLE_TIMEOUT", 0.0, warnings),
         activity_dir=Path(_env("VNCSESS_ACTIVITY_DIR", "/activity") or "/activity"),
+        script_dir=Path(_env("VNCSESS_SCRIPT_DIR", SCRIPT_MOUNT) or SCRIPT_MOUNT),
     )

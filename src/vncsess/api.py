@@ -461,6 +461,33 @@ class CreateSession(Strict):
     file_transfer: bool = Field(
         True, description="Uploads into the session and its downloads out (/files routes)."
     )
+    script: str = Field(
+        "",
+        max_length=sessions.MAX_SCRIPT_BYTES,
+        description="`up --script`: the text of a Python agent script, run instead of a task; "
+        "its exit code and last JSON line on stdout are the result.",
+    )
+    script_args: list[str] = Field(
+        default_factory=list,
+        max_length=sessions.MAX_SCRIPT_ARGS,
+        description="The script's arguments (`--script-arg`).",
+    )
+    agent_image: str = Field(
+        "", max_length=255, description="An agent image built FROM vncsess-agent (`--agent-image`)."
+    )
+
+
+class CreateTask(Strict):
+    """`vncsess task`: a follow-up task, in the same desktop and browser."""
+
+    task: str = Field(
+        ..., min_length=1, max_length=sessions.MAX_TASK_BYTES, description="What to do next."
+    )
+
+
+class TaskQueued(Open):
+    session_id: str
+    task: int = Field(description="The task's number: `result?task=N`, `wait?task=N`.")
 
 
 class ModelsOut(Open):
@@ -656,7 +683,8 @@ def create(request: Request, response: Response, body: CreateSession) -> dict[st
         task=body.task, llm=body.llm, llm_base_url=body.base_url, resolution=body.resolution,
         ttl=body.ttl, record=body.record, no_internet=body.no_internet, name=body.name,
         max_steps=body.max_steps, file_transfer=body.file_transfer,
-        idle_timeout=body.idle_timeout,
+        idle_timeout=body.idle_timeout, script=body.script,
+        script_args=tuple(body.script_args), agent_image=body.agent_image,
     )  # fmt: skip
     s = sessions.up(_settings(request), opts)
     response.headers["Location"] = f"/v1/sessions/{s.id}"
@@ -742,10 +770,27 @@ def models(request: Request) -> dict[str, Any]:
     return sessions.models(_settings(request))
 
 
+TaskQuery = Annotated[
+    int | None,
+    Query(ge=1, le=1_000_000, description="Which task of the session (1 = the first); "
+          "default: the latest."),
+]  # fmt: skip
+
+
 @v1.get("/sessions/{session_id}/result", response_model=ResultOut)
-def result(request: Request, session_id: SessionRef) -> dict[str, Any]:
-    """`vncsess result --json`: the agent's result, also after the session was stopped."""
-    return {"result": sessions.result(_settings(request), session_id).to_dict()}
+def result(request: Request, session_id: SessionRef, task: TaskQuery = None) -> dict[str, Any]:
+    """`vncsess result --json`: the agent's result, also after the session was stopped;
+    each task of the session keeps its own (`task`)."""
+    return {"result": sessions.result(_settings(request), session_id, task=task).to_dict()}
+
+
+@v1.post("/sessions/{session_id}/tasks", response_model=TaskQueued, status_code=202)
+def add_task(request: Request, session_id: SessionRef, body: CreateTask) -> dict[str, Any]:
+    """`vncsess task`: a follow-up task, run in the same desktop and browser once the task
+    before it is done. 202: queued; its result comes at `result?task=N` (`wait?task=N`).
+    409 when the session is stopped or runs a script."""
+    s, n = sessions.add_task(_settings(request), session_id, body.task)
+    return {"session_id": s.id, "task": n}
 
 
 @v1.get("/sessions/{session_id}/wait", response_model=WaitOut, response_model_exclude_unset=True)
@@ -755,12 +800,14 @@ async def wait(
     timeout: Annotated[
         float, Query(gt=0, le=MAX_WAIT_S, description="Seconds; then 504 (wait again).")
     ] = 60.0,
+    task: TaskQuery = None,
 ) -> dict[str, Any]:
     """`vncsess wait --json`: a long poll until the agent's result. It holds no thread while
     it waits, so any number of waiters leave other requests alone. 504 when `timeout` runs
     out (the session keeps running); 502 when the session dies without a result."""
     settings = _settings(request)
     s = await run_in_threadpool(sessions.get, settings, session_id)
+    task = await run_in_threadpool(sessions.wait_task, s, task)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     checked = loop.time()
@@ -768,7 +815,7 @@ async def wait(
         alive = loop.time() - checked > 2
         if alive:
             checked = loop.time()
-        res = await run_in_threadpool(sessions.result_now, settings, s, alive)
+        res = await run_in_threadpool(sessions.result_now, settings, s, alive, task)
         if res is not None:
             return {**_session_json(s), "result": res.to_dict()}
         if loop.time() >= deadline:

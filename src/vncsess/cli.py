@@ -75,6 +75,12 @@ IdArg = Annotated[
         help="Session id (or a unique prefix, or its name).", autocompletion=_complete_session
     ),
 ]
+TaskOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--task", min=1, help="Which task of the session (1 = the first). [default: the latest]"
+    ),
+]
 QuietOpt = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="Plain progress lines, no live display (as in logs)."),
@@ -271,6 +277,24 @@ def up(
         typer.Option("--no-file-transfer", help="No uploads into the session, no downloads out."),
     ] = False,
     scan_command: ScanOpt = "",
+    script: Annotated[
+        Path | None,
+        typer.Option(
+            "--script",
+            help="Run your own Python agent script in the agent container, instead of a task "
+            "(see vncsess_agent.script); its exit code and last JSON line are the result.",
+        ),
+    ] = None,
+    script_arg: Annotated[
+        list[str] | None,
+        typer.Option("--script-arg", help="An argument for --script (repeatable, in order)."),
+    ] = None,
+    agent_image: Annotated[
+        str,
+        typer.Option(
+            "--agent-image", help="An agent image built FROM vncsess-agent, for more packages."
+        ),
+    ] = "",
     json_: JsonOpt = False,
 ) -> None:
     """Start a session and print its noVNC URL (the URL carries the viewer secret)."""
@@ -280,6 +304,7 @@ def up(
         raise VncsessError("give --task or --task-file, not both", exit_code=ExitCode.BAD_INPUT)
     if task_file is not None:
         task = _read_task(task_file)
+    script_text = _read_script(script) if script is not None else ""
     if timeout is not None and not wait_:
         raise VncsessError("--timeout needs --wait", exit_code=ExitCode.BAD_INPUT)
     settings = _settings(
@@ -291,6 +316,7 @@ def up(
         max_steps=max_steps, record=record, record_fps=fps, ttl=ttl, no_internet=no_internet,
         cpus=cpus, memory=memory, uploads=tuple(upload or ()),
         file_transfer=not no_file_transfer, idle_timeout=idle_timeout,
+        script=script_text, script_args=tuple(script_arg or ()), agent_image=agent_image,
     )  # fmt: skip
     if dry_run:
         print(sessions.plan(settings, opts, explicit_env=env_file is not None), end="")
@@ -301,10 +327,10 @@ def up(
         if json_:
             ui.print_json(session.to_dict(show_secrets=True))
         else:
-            _print_started(session, task)
+            _print_started(session, task or script_text)
         return
     if not json_:
-        _print_started(session, task)
+        _print_started(session, task or script_text)
         ui.info("waiting for the agent's result...")
     _, res = sessions.wait(settings, session.id, timeout)
     _finish_with_result(session, res, json_)
@@ -322,6 +348,23 @@ def _read_task(path: Path) -> str:
     except UnicodeDecodeError:
         raise VncsessError(
             f"task file {path} is not UTF-8 text", exit_code=ExitCode.BAD_INPUT
+        ) from None
+
+
+def _read_script(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise VncsessError(
+            f"cannot read script {path}: {exc.strerror}",
+            hint="give the path of a Python file",
+            exit_code=ExitCode.BAD_INPUT,
+        ) from None
+    except UnicodeDecodeError:
+        raise VncsessError(
+            f"script {path} is not UTF-8 text",
+            hint="give the path of a Python file, not a compiled one",
+            exit_code=ExitCode.BAD_INPUT,
         ) from None
 
 
@@ -599,6 +642,7 @@ def wait(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Give up after SECONDS (exit 5).")
     ] = None,
+    task: TaskOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Block until the agent finishes; exit 0 if the task succeeded, 1 if it failed."""
@@ -606,18 +650,57 @@ def wait(
 
     if timeout is not None and timeout <= 0:
         raise VncsessError("--timeout must be positive", exit_code=ExitCode.BAD_INPUT)
-    session, res = sessions.wait(_settings(), session_id, timeout)
+    session, res = sessions.wait(_settings(), session_id, timeout, task=task)
     _finish_with_result(session, res, json_)
 
 
 @app.command()
 @handled
-def result(session_id: IdArg, json_: JsonOpt = False) -> None:
+def result(session_id: IdArg, task: TaskOpt = None, json_: JsonOpt = False) -> None:
     """Show the agent's result (also after the session was stopped)."""
     from vncsess import sessions
 
-    res = sessions.result(_settings(), session_id)
+    res = sessions.result(_settings(), session_id, task=task)
     _finish_with_result(None, res, json_)
+
+
+@app.command("task")
+@handled
+def task_(
+    session_id: IdArg,
+    text: Annotated[str, typer.Argument(help="What the agent should do next.", show_default=False)],
+    wait_: Annotated[
+        bool, typer.Option("--wait", help="Wait for its result; exit code tells success.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="With --wait: give up after SECONDS.")
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Give a running session a follow-up task, in the same desktop and browser.
+
+    It runs once the task before it is done (at once if the agent is idle). Prints the
+    task's number, for `result ID --task N` and `wait ID --task N`.
+    """
+    from vncsess import sessions
+
+    if timeout is not None and not wait_:
+        raise VncsessError("--timeout needs --wait", exit_code=ExitCode.BAD_INPUT)
+    if timeout is not None and timeout <= 0:
+        raise VncsessError("--timeout must be positive", exit_code=ExitCode.BAD_INPUT)
+    settings = _settings()
+    session, n = sessions.add_task(settings, session_id, text)
+    if not wait_:
+        if json_:
+            ui.print_json({"session_id": session.id, "task": n})
+        else:
+            ui.data(str(n))
+            ui.info(f"task {n} queued; `vncsess wait {session.id} --task {n}` blocks until done")
+        return
+    if not json_:
+        ui.info(f"task {n} queued; waiting for its result...")
+    session, res = sessions.wait(settings, session.id, timeout, task=n)
+    _finish_with_result(session, res, json_)
 
 
 # ------------------------------------------------------------------ recording

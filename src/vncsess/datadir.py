@@ -18,6 +18,7 @@ from typing import Any
 from vncsess import activity as act
 from vncsess.engines.base import SessionSecrets
 from vncsess.errors import VncsessError
+from vncsess.protocol import INBOX_DIR, SCRIPT_ARGS_FILE, SCRIPT_FILE, TASKS_DIR
 
 # What the containers run as. On a host where vncsess runs as root the containers still
 # run as this unprivileged uid, and vncsess hands them their directories.
@@ -126,6 +127,21 @@ class DataDir:
         return self.path / "screenshots"
 
     @property
+    def script_dir(self) -> Path:
+        """`up --script`: the user's script and its arguments, mounted read-only."""
+        return self.path / "script"
+
+    @property
+    def inbox(self) -> Path:
+        """Follow-up tasks waiting for the runner (`vncsess task`), and those it took."""
+        return self.agent / INBOX_DIR
+
+    @property
+    def tasks_dir(self) -> Path:
+        """Each task's own result, N.json (result.json is the latest)."""
+        return self.agent / TASKS_DIR
+
+    @property
     def downloads(self) -> Path:
         return self.agent / "downloads"
 
@@ -198,6 +214,7 @@ class DataDir:
                 self.activity,
             ):  # fmt: skip
                 d.mkdir(mode=0o750)
+            self.script_dir.mkdir(mode=0o750)  # mounted even when empty
             self._secret("xauth", keys.xauth)
             self._secret("vnc_passwd", keys.vnc_passwd)
             self._secret("llm.env", keys.llm_env)
@@ -208,7 +225,21 @@ class DataDir:
                 self.activity,
             ):  # fmt: skip
                 self._own(d, 0o750)
+            self._own(self.script_dir, 0o750)
             act.stamp(self.activity, act.START)
+        except OSError as exc:
+            raise unwritable(self.path, exc) from None
+
+    def write_script(self, text: str, args: list[str]) -> None:
+        """The user's script and its arguments, readable by the containers' user only."""
+        try:
+            for name, data in (
+                (SCRIPT_FILE, text.encode("utf-8")),
+                (SCRIPT_ARGS_FILE, json.dumps(args).encode("utf-8")),
+            ):
+                path = self.script_dir / name
+                path.write_bytes(data)
+                self._own(path, 0o400)
         except OSError as exc:
             raise unwritable(self.path, exc) from None
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vncsess import activity, engines, images, recordings, rfb
+from vncsess import activity, engines, images, recordings, rfb, tasks
 from vncsess.config import Settings, for_new_session, parse_duration, parse_resolution
 from vncsess.datadir import DataDir, check_room, container_ids, env_text, new_secrets
 from vncsess.engines.base import Engine, Observed, Progress, SessionSecrets, SessionSpec
@@ -52,9 +52,14 @@ DEFAULT_MODELS = {
     "GEMINI_API_KEY": "google:gemini-2.5-flash",
 }
 MAX_TASK_BYTES = 256 * 1024
+# The API's body limit (1 MiB) must hold it, with JSON's escapes.
+MAX_SCRIPT_BYTES = 512 * 1024
+MAX_SCRIPT_ARGS = 100
+MAX_SCRIPT_ARG_BYTES = 4096
 MAX_TTL_S = 30 * 24 * 3600
 MIN_IDLE_S = 5
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
 _SIZE = re.compile(r"^\d+(\.\d+)?[kmg]?$", re.IGNORECASE)
 
 
@@ -76,6 +81,9 @@ class UpOptions:
     memory: str = "2g"
     uploads: tuple[Path, ...] = ()  # files put into the session before it starts (files.py)
     file_transfer: bool = True  # off: no uploads, no downloads handed out (files.py)
+    script: str = ""  # `--script`: the text of the user's Python script, run instead of a task
+    script_args: tuple[str, ...] = ()
+    agent_image: str = ""  # "" = the configured agent image (VNCSESS_AGENT_IMAGE)
 
 
 # ------------------------------------------------------------------ validation
@@ -132,6 +140,7 @@ def validate(opts: UpOptions) -> None:
         )
     if len(opts.task.encode()) > MAX_TASK_BYTES:
         raise BadInput("the task is too long", hint=f"keep it under {MAX_TASK_BYTES // 1024} KiB")
+    validate_script(opts)
     if opts.llm_base_url and not re.match(r"^https?://[^\s/]+", opts.llm_base_url):
         raise BadInput(
             f"malformed --base-url {opts.llm_base_url!r}", hint="for example http://host:8000/v1"
@@ -147,6 +156,54 @@ def validate(opts: UpOptions) -> None:
             raise ValueError
     except ValueError:
         raise BadInput(f"malformed CPU limit {opts.cpus!r}", hint="for example 1.5") from None
+
+
+def validate_script(opts: UpOptions) -> None:
+    """`--script`, its arguments and `--agent-image`: one line each for what is wrong."""
+    if opts.script and opts.task:
+        raise BadInput("give a task or a script, not both", hint="the script is the task")
+    if opts.script_args and not opts.script:
+        raise BadInput("--script-arg needs --script", hint="pass --script my_agent.py")
+    if opts.script:
+        if len(opts.script.encode("utf-8", errors="replace")) > MAX_SCRIPT_BYTES:
+            raise BadInput(
+                "the script is too big",
+                hint=f"keep it under {MAX_SCRIPT_BYTES // 1024} KiB; put libraries in an image "
+                "built FROM vncsess-agent (--agent-image)",
+            )
+        if "\0" in opts.script:
+            raise BadInput("the script is not text (it holds a NUL byte)")
+    if len(opts.script_args) > MAX_SCRIPT_ARGS:
+        raise BadInput(f"too many --script-arg (at most {MAX_SCRIPT_ARGS})")
+    for arg in opts.script_args:
+        if "\0" in arg or len(arg.encode("utf-8", errors="replace")) > MAX_SCRIPT_ARG_BYTES:
+            raise BadInput(
+                "a --script-arg is too long or holds a NUL byte",
+                hint=f"each at most {MAX_SCRIPT_ARG_BYTES} bytes; pass bigger data in the script",
+            )
+    if opts.agent_image and not _IMAGE.match(opts.agent_image):
+        raise BadInput(
+            f"malformed --agent-image {opts.agent_image!r}", hint="for example my-agent:1"
+        )
+
+
+def _check_agent_image(engine: Engine, opts: UpOptions) -> None:
+    """A custom agent image must be there (Docker builds nothing but its own two), and a
+    script needs the Docker engine, which mounts it from the data dir."""
+    if opts.script and engine.name != "docker":
+        raise BadInput(
+            f"--script runs on the docker engine only (this is {engine.name})",
+            hint="build an image FROM vncsess-agent with the script in it, and use --agent-image",
+        )
+    if opts.agent_image and engine.builds_images:
+        from vncsess.engines import docker
+
+        if not docker.image_id(opts.agent_image):
+            raise BadInput(
+                f"no image {opts.agent_image!r} on this Docker engine",
+                hint="build it FROM vncsess-agent first: "
+                "docker build -t my-agent -f examples/Dockerfile examples",
+            )
 
 
 def read_env_file(path: Path | None, explicit: bool) -> tuple[str, dict[str, str]]:
@@ -249,7 +306,7 @@ def _spec(
         bind=settings.bind,
         port=opts.port,
         vnc_image=settings.vnc_image,
-        agent_image=settings.agent_image,
+        agent_image=opts.agent_image or settings.agent_image,
         uid=uid,
         gid=gid,
         llm=checked.llm,
@@ -306,6 +363,7 @@ def _start(
 
     engine = engines.load(settings)
     engine.check()
+    _check_agent_image(engine, opts)
     if engine.builds_images:
         built = images.ensure(settings, progress)
         if built:
@@ -325,6 +383,8 @@ def _start(
             data.create(keys)
             files.set_enabled(data, opts.file_transfer)
             uploads.place(data)
+            if opts.script:
+                data.write_script(opts.script, list(opts.script_args))
             progress(f"starting session {session_id}")
             engine.start(spec)
         except BaseException:
@@ -650,22 +710,46 @@ def logs(
 # ------------------------------------------------------------------ results
 
 
-def result(settings: Settings, ref: str) -> Result:
+def result(settings: Settings, ref: str, task: int | None = None) -> Result:
+    """The latest result, or task TASK's (each follow-up task keeps its own)."""
     data = data_dir_of(settings, ref)
-    raw = data.read_json(data.result_file)
-    if raw is None:
+    if task is not None:
+        tasks.resolve(data, task)
+    res = tasks.read(data, task)
+    if res is None:
+        which = f"task {task} of session" if task is not None else "session"
+        flag = f" --task {task}" if task is not None else ""
         raise NotFound(
-            f"session {data.path.name} has no result yet",
-            hint=f"`vncsess wait {data.path.name}` blocks until the agent finishes",
+            f"{which} {data.path.name} has no result yet",
+            hint=f"`vncsess wait {data.path.name}{flag}` blocks until the agent finishes",
         )
-    return Result.from_dict(raw)
+    return res
+
+
+def add_task(settings: Settings, ref: str, text: str) -> tuple[Session, int]:
+    """`vncsess task`: a follow-up task for the session's agent, in the same browser, after
+    the task before it; the session and the task's number (for `result --task N`)."""
+    tasks.check_text(text)
+    session = get(settings, ref)
+    return session, tasks.submit(session, text)
+
+
+def wait_task(session: Session, task: int | None) -> int | None:
+    """The task a `wait` waits for: TASK, checked, or the latest the session was given."""
+    return tasks.resolve(DataDir(session.data_dir), task)
 
 
 def wait(
-    settings: Settings, ref: str, timeout: float | None, poll: float = 0.25
+    settings: Settings,
+    ref: str,
+    timeout: float | None,
+    poll: float = 0.25,
+    task: int | None = None,
 ) -> tuple[Session, Result]:
-    """Block until the agent writes its result. Fails fast if the session dies first."""
+    """Block until the agent writes the result of TASK (default: of the latest task). Fails
+    fast if the session dies first."""
     session = get(settings, ref)
+    task = wait_task(session, task)
     deadline = None if timeout is None else time.monotonic() + timeout
     checked = time.monotonic()
     while True:
@@ -673,7 +757,7 @@ def wait(
         alive = now - checked > 2  # now and then: a dead agent will never write a result
         if alive:
             checked = now
-        res = result_now(settings, session, check_alive=alive)
+        res = result_now(settings, session, check_alive=alive, task=task)
         if res is not None:
             return session, res
         if deadline is not None and now >= deadline:
@@ -681,13 +765,16 @@ def wait(
         time.sleep(poll)
 
 
-def result_now(settings: Settings, session: Session, check_alive: bool = True) -> Result | None:
+def result_now(
+    settings: Settings, session: Session, check_alive: bool = True, task: int | None = None
+) -> Result | None:
     """One look for `wait` (the CLI's loop, or the API's without a thread per waiter): the
-    result if the agent wrote it, else None; SessionFailed when no result will ever come."""
+    result (of TASK; see wait_task) if the agent wrote it, else None; SessionFailed when no
+    result will ever come."""
     data = DataDir(session.data_dir)
-    raw = data.read_json(data.result_file)
-    if raw is not None:
-        return Result.from_dict(raw)
+    res = tasks.read(data, task)
+    if res is not None:
+        return res
     if check_alive:
         try:
             session = get(settings, session.id)
