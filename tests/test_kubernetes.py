@@ -473,8 +473,8 @@ def compose_record(project: dict[str, Any]) -> dict[str, Any]:
         shm_from = project["services"]["vnc"] if ipc == "service:vnc" else s
         data = {}
         for v in s.get("volumes", []):
-            if v["type"] == "bind":
-                data[v["target"]] = Path(v["source"]).name
+            if v["type"] == "bind":  # the part of the data dir (`agent`, `agent/uploads`)
+                data[v["target"]] = "/".join(Path(v["source"]).parts[-2:]).split(f"{SID}/")[-1]
         seccomp = next(
             (o.split("=", 1)[1] for o in s.get("security_opt", []) if o.startswith("seccomp")),
             "RuntimeDefault",  # Docker applies its default profile unless told otherwise
