@@ -194,3 +194,29 @@ def test_a_person_in_control_keeps_a_session_alive_and_ttl_still_caps_it(cli: Cl
         time.sleep(0.5)
     print(f"\nin control: ended by its --ttl of 25 s after {time.monotonic() - t0:.1f} s")
     assert st["status"] == "expired" and st["expired_by"] == "ttl"
+
+
+@pytest.mark.docker
+def test_an_agent_at_work_is_activity_and_its_result_stays(cli: Cli) -> None:
+    """A task whose every model call outlasts the idle timeout runs to its end (a task at
+    work is activity); then the session idles out, and the task's result stays as it was."""
+    s = cli.up("--task", "demo", "--idle-timeout", "5s", VNCSESS_DEMO_STEP_DELAY="7")
+    sid = s["session_id"]
+    t0 = time.monotonic()
+    done = cli.run("wait", sid, "--json", "--timeout", "180")
+    took = time.monotonic() - t0
+    assert done.returncode == 0, done.stderr
+    res = json.loads(done.stdout)["result"]
+    assert res["status"] == "succeeded" and res["expired_by"] is None
+    t1 = time.monotonic()
+    while time.monotonic() - t1 < 5 + 30:
+        st = _session(cli, sid)
+        if st.get("status") == "expired":
+            break
+        time.sleep(0.5)
+    after = time.monotonic() - t1
+    print(f"\nidle timeout 5 s: the task ran {took:.1f} s ({res['steps']} steps, 7 s each), "
+          f"then the session ended {after:.1f} s after its result")  # fmt: skip
+    assert took > 2 * 5 and st["expired_by"] == "idle" and after <= 5 + 10
+    again = json.loads(cli.run("result", sid, "--json").stdout)["result"]
+    assert again["status"] == "succeeded" and again["expired_by"] is None

@@ -159,6 +159,12 @@ class Runner:
         loop.add_signal_handler(signal.SIGUSR1, self._on_pause)
         loop.add_signal_handler(signal.SIGUSR2, self._on_resume)
         self.outputs.status(STARTING)
+        if self.s.idle_timeout > 0:
+            # A thread, not a task: browser-use's imports and set-up block the event loop
+            # for seconds, and a task at work must not look idle meanwhile.
+            threading.Thread(
+                target=self._watch_idle, args=(self.s.idle_timeout, loop), name="idle", daemon=True
+            ).start()
         try:
             await self._main()
         except Exception as exc:  # a bug here must still end in a readable failed result
@@ -193,8 +199,6 @@ class Runner:
         self._log_capper = asyncio.create_task(chromium.cap_log())
         if self.s.ttl > 0:
             self._expiry = asyncio.create_task(self._expire(self.s.ttl))
-        if self.s.idle_timeout > 0:
-            self._idle_watch = asyncio.create_task(self._watch_idle(self.s.idle_timeout))
         if self.s.script_file is not None:
             await self._run_script(self.s.script_file)
             return
@@ -264,16 +268,21 @@ class Runner:
         await asyncio.sleep(max(ttl - self._elapsed(), 0))
         self._on_stop(f"the session's time limit ({ttl:g} s)", expired_by="ttl")
 
-    async def _watch_idle(self, timeout: float) -> None:
-        """--idle-timeout: the session ends itself after TIMEOUT seconds without activity
-        (a step, a viewer, a person in control), whichever container sees it first."""
+    def _watch_idle(self, timeout: float, loop: asyncio.AbstractEventLoop) -> None:
+        """--idle-timeout (in its own thread): the session ends itself after TIMEOUT seconds
+        without activity (a task at work, a viewer, a person in control), whichever
+        container sees it first."""
         watch = activity.Watch(self.s.activity_dir, timeout, activity.AGENT)
+        given = bool(self.s.task.strip()) or self.s.script_file is not None
         while True:
-            await asyncio.sleep(activity.POLL_S)
-            # A task at work is activity, paused (someone has control) included.
-            if watch.check(active=self.phase == "running"):
-                self._on_stop(f"no activity for {timeout:g} s (idle timeout)", expired_by="idle")
+            # A task (or the script) is at work from the runner's start, or a follow-up
+            # from when it is taken, to its result, paused included (someone has control).
+            working = given or self.task_no > 0
+            if watch.check(active=working and self.outputs.result is None):
+                why = f"no activity for {timeout:g} s (idle timeout)"
+                loop.call_soon_threadsafe(self._on_stop, why, "idle")
                 return
+            time.sleep(activity.POLL_S)
 
     def _elapsed(self) -> float:
         return time.monotonic() - self.t0
