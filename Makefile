@@ -64,8 +64,8 @@ test: images browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check src tests bench agent docs
-	$(BIN)/ruff format --check src tests bench agent docs
+	$(BIN)/ruff check src tests bench agent docs examples
+	$(BIN)/ruff format --check src tests bench agent docs examples
 	$(BIN)/mypy
 
 bench: images
