@@ -255,6 +255,8 @@ def render(
             data_mount("agent", "/data"),
             # Files put into the session (files.py): the agent reads, never writes.
             {**data_mount("agent/uploads", "/data/uploads"), "readOnly": True},
+            # `up --script` (refused on this engine for now): mounted as compose does, empty.
+            {**data_mount("script", "/opt/vncsess-script"), "readOnly": True},
             data_mount("activity", "/activity"),
         ],
     }
