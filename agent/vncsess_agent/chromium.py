@@ -140,7 +140,7 @@ class _ExitWatcher(asyncio.ThreadedChildWatcher):
     def add_child_handler(
         self, pid: int, callback: Callable[[int, int, *_Ts], object], *args: *_Ts
     ) -> None:
-        if not _is_browser(pid):
+        if not _is_browser(pid, args):
             super().add_child_handler(pid, callback, *args)
             return
 
@@ -151,13 +151,28 @@ class _ExitWatcher(asyncio.ThreadedChildWatcher):
         super().add_child_handler(pid, exited, *args)
 
 
-def _is_browser(pid: int) -> bool:
+def _is_browser(pid: int, handler_args: tuple[object, ...] = ()) -> bool:
     """The browser process browser-use launched: the one given a CDP port (its helpers
-    inherit no such flag, and the runner starts no other Chromium through asyncio)."""
+    inherit no such flag, and the runner starts no other Chromium through asyncio).
+
+    The argv asyncio was given decides (its subprocess transport, the handler's argument).
+    Reading /proc instead races: the launch goes through two execs (chromium-logged, then
+    Debian's /usr/bin/chromium script), and a process in the middle of one has an empty
+    command line, so a read there took the browser for something else and its death went
+    unreported (seen once in CI, under load). /proc is only the fallback.
+    """
+    popen = getattr(handler_args[0], "_proc", None) if handler_args else None
+    argv = getattr(popen, "args", None)
+    if isinstance(argv, list | tuple) and argv:
+        return _has_cdp_port(argv)
     try:
-        return any(a.startswith("--remote-debugging-port") for a in psutil.Process(pid).cmdline())
+        return _has_cdp_port(psutil.Process(pid).cmdline())
     except psutil.Error:
         return False
+
+
+def _has_cdp_port(argv: list[str] | tuple[str, ...]) -> bool:
+    return any(str(a).startswith("--remote-debugging-port") for a in argv)
 
 
 def on_browser_exit(callback: Callable[[str], None]) -> None:
