@@ -3,6 +3,7 @@ with its own VNCSESS_HOME, and remove every session they started even when they 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -25,6 +26,12 @@ AGENT_IMAGE = os.environ.get("VNCSESS_AGENT_IMAGE") or "vncsess-agent"
 # Every session this test run starts carries this owner label, which sets them apart from a
 # user's sessions (and another run's) on the same engine; the end-of-run sweep uses it.
 RUN_OWNER = f"test-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from vncsess.config import Settings
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -293,3 +300,34 @@ def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield b
         b.close()
+
+
+# ------------------------------------------------ the HTTP face in-process, with no Docker
+
+
+@pytest.fixture
+def offline_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings of a fresh VNCSESS_HOME, with no env file and no engine behind them."""
+    from vncsess import config
+
+    monkeypatch.setenv("VNCSESS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("VNCSESS_ENV_FILE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return config.load()
+
+
+@contextlib.contextmanager
+def offline_client(
+    settings: Settings, token: str, monkeypatch: pytest.MonkeyPatch, **client_args: Any
+) -> Iterator[TestClient]:
+    """The API (and dashboard) driven in-process by Starlette's TestClient, with no Docker on
+    purpose: a request that gets past auth to the engine fails with 503, rather than start
+    sessions or prune the engine's. That is how tests tell "let in" (503) from "refused"."""
+    from fastapi.testclient import TestClient
+
+    from vncsess import api
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    app = api.create_app(settings, token, watch=False)
+    with TestClient(app, raise_server_exceptions=False, **client_args) as c:
+        yield c

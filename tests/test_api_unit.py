@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import offline_client
 from vncsess import api, config, events
 from vncsess.datadir import DataDir
 from vncsess.engines.docker import DockerWatch
@@ -34,19 +35,13 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> config.Settings:
-    monkeypatch.setenv("VNCSESS_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
-    return config.load()
+def settings(offline_settings: config.Settings) -> config.Settings:
+    return offline_settings
 
 
 @pytest.fixture
 def client(settings: config.Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    # No Docker here, on purpose: should auth ever break, a request that got through must
-    # fail (503) rather than start sessions or prune the engine's.
-    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
-    app = api.create_app(settings, TOKEN, watch=False)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with offline_client(settings, TOKEN, monkeypatch) as c:
         yield c
 
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import offline_client
 from vncsess import api, config, dashboard, webauth
 
 TOKEN = "dashboard-unit-token-0123456789"
@@ -22,20 +23,13 @@ PAGES = ["/", "/new", "/s/abc123", "/s/abc123?fullscreen"]
 
 
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> config.Settings:
-    monkeypatch.setenv("VNCSESS_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("VNCSESS_ENV_FILE", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return config.load()
+def settings(offline_settings: config.Settings) -> config.Settings:
+    return offline_settings
 
 
 @pytest.fixture
 def client(settings: config.Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    # No Docker: a request that gets past auth to the engine fails with 503, which is how
-    # these tests tell "let in" (503) from "refused" (401, 403).
-    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
-    app = api.create_app(settings, TOKEN, watch=False)
-    with TestClient(app, raise_server_exceptions=False, follow_redirects=False) as c:
+    with offline_client(settings, TOKEN, monkeypatch, follow_redirects=False) as c:
         yield c
 
 
