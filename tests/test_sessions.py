@@ -263,6 +263,17 @@ def test_ttl_ends_the_session_and_prune_removes_it(cli: Cli) -> None:
     assert Path(s["data_dir"]).is_dir()
 
 
+def test_stop_all_with_an_owner_leaves_other_owners_sessions_alone(cli: Cli) -> None:
+    """A CI job's teardown (`stop --all` with VNCSESS_OWNER set) on a shared engine."""
+    ours = cli.up()["session_id"]
+    theirs = cli.up(VNCSESS_OWNER=f"{RUN_OWNER}-neighbour")["session_id"]
+    stopped = cli.json("stop", "--all")
+    assert ours in stopped["stopped"] and theirs not in stopped["stopped"]
+    assert {x["session_id"]: x for x in cli.json("ls")}[theirs]["status"] == "running"
+    cli.started.discard(ours)
+    assert project_leftovers(ours) == []
+
+
 def test_stop_acts_on_every_id_it_finds_and_reports_the_rest(cli: Cli) -> None:
     """Like `docker rm nosuch real`: the real session goes, the missing one is reported,
     and the exit code says something was missing."""

@@ -505,7 +505,12 @@ def stop(
     session_ids: Annotated[
         list[str] | None, typer.Argument(help="Session ids.", autocompletion=_complete_session)
     ] = None,
-    all_: Annotated[bool, typer.Option("--all", "-a", help="Stop every session.")] = False,
+    all_: Annotated[
+        bool,
+        typer.Option(
+            "--all", "-a", help="Stop every session (with VNCSESS_OWNER set: that owner's)."
+        ),
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Remove sessions' containers, networks and volumes; keep their data dirs."""

@@ -655,8 +655,8 @@ def stop(
     (recordings finalised first, secrets deleted). Acts on every reference it can resolve
     and reports the others in the Batch's errors."""
     errors: list[VncsessError] = []
-    if stop_all:
-        targets = list_sessions(settings)
+    if stop_all:  # with VNCSESS_OWNER set, that owner's sessions only, as `prune`
+        targets = _owned(settings, list_sessions(settings))
     else:
         targets, errors = get_many(settings, refs)
     engine = engines.load(settings)
@@ -691,12 +691,14 @@ def prune(settings: Settings, progress: Progress = _quiet) -> list[str]:
     """Remove every session that has ended by itself (expired, or all containers exited),
     as `stop` would: recordings finalised, data dirs kept. With VNCSESS_OWNER set, only
     that owner's: a CI job or a test run prunes what it started, not its neighbours'."""
-    ended = [
-        s.id
-        for s in list_sessions(settings)
-        if s.status in ENDED and (not settings.owner or s.owner == settings.owner)
-    ]
+    ended = [s.id for s in _owned(settings, list_sessions(settings)) if s.status in ENDED]
     return stop(settings, ended, progress=progress).done if ended else []
+
+
+def _owned(settings: Settings, found: list[Session]) -> list[Session]:
+    """The sessions that commands acting on "all" may touch: every one, or with
+    VNCSESS_OWNER set, only that owner's (a CI job or a test run on a shared engine)."""
+    return [s for s in found if not settings.owner or s.owner == settings.owner]
 
 
 def logs(
