@@ -266,6 +266,28 @@ def test_the_demo_agent_s_steps_and_result_appear(dash: Dash) -> None:
     assert tile.locator("[data-field=agent]").inner_text() == "done"
 
 
+def test_a_follow_up_task_from_the_page_runs_in_the_same_browser(dash: Dash) -> None:
+    page = dash.page
+    dash.sign_in()
+    s = dash.session(task="demo", idle_timeout="30m")
+    dash.goto(f"/s/{s['session_id']}")
+    # The idle timeout is the sooner end, so the time left names it.
+    assert _until(page, lambda: "(idle)" in page.locator("[data-field=left]").inner_text())
+    result = page.locator("[data-field=result]")
+    result.wait_for(state="visible", timeout=180_000)
+    page.fill("#f-next-task", "demo")
+    page.click("[data-action=send-task]")
+    page.get_by_text("Task 2 queued").wait_for()
+    assert page.locator("#f-next-task").input_value() == ""
+    # Its steps come under a marker, then its own result.
+    page.locator(".steps .mark", has_text="Task 2").wait_for(timeout=180_000)
+    assert _until(page, lambda: "Task 2 done: succeeded" in result.inner_text(), timeout=180)
+    assert "vnc-rocks-42" in result.inner_text()
+    with dash.server.http as c:
+        res = c.get(f"/v1/sessions/{s['session_id']}/result", params={"task": 2}).json()
+    assert res["result"]["task"] == 2 and res["result"]["success"] is True, res
+
+
 def test_take_control_type_into_the_session_s_page_and_hand_back(dash: Dash) -> None:
     page, http = dash.page, dash.server.http
     dash.sign_in()

@@ -42,10 +42,20 @@ export function age(createdAt) {
   return duration((Date.now() - Date.parse(createdAt)) / 1000);
 }
 
-export function timeLeft(expiresAt) {
-  if (!expiresAt) return "no limit";
-  const left = (Date.parse(expiresAt) - Date.now()) / 1000;
-  return left > 0 ? duration(left) : "ending";
+// Until the session ends by itself: the sooner of its hard limit (--ttl) and its idle timeout
+// (if nothing happens from now on), which is then named.
+export function timeLeft(s) {
+  const ends = [
+    [s.expires_at, ""],
+    [s.idle_expires_at, " (idle)"],
+  ]
+    .filter(([at]) => at)
+    .map(([at, why]) => [Date.parse(at), why])
+    .sort((a, b) => a[0] - b[0]);
+  if (!ends.length) return "no limit";
+  const [at, why] = ends[0];
+  const left = (at - Date.now()) / 1000;
+  return left > 0 ? duration(left) + why : "ending";
 }
 
 export function size(bytes) {

@@ -5,6 +5,7 @@ import { age, agentText, clone, duration, field, h, label, setText, size, timeLe
 import { liveUrl } from "./live.js";
 
 const MAX_LOG_LINES = 5000;
+const IDLE_READ_EVERY_MS = 15000;
 const ENDED = new Set(["exited", "expired"]);
 
 /** Mount the page of session `id`. With `create` (a POST /v1/sessions body) there is no
@@ -138,16 +139,23 @@ export function mountSession(main, id, { fullscreen = false, create = null, onBa
     const recording = Boolean(session.recording);
     view.querySelector('[data-action="rec-start"]').disabled = !live || recording;
     view.querySelector('[data-action="rec-stop"]').disabled = !recording;
+    taskForm.querySelector('[data-action="send-task"]').disabled = !live || session.removed;
     showUploadable();
   }
 
   function ticking() {
     if (!session) return;
     setText(view, "age", age(session.created_at));
-    setText(view, "left", timeLeft(session.expires_at));
+    setText(view, "left", timeLeft(session));
   }
   const ticker = setInterval(ticking, 1000);
   closers.push(() => clearInterval(ticker));
+  // The idle deadline moves with every sign of life (a step, a viewer: this page's own live
+  // view counts), which sends no event: read it again now and then.
+  const idleReader = setInterval(() => {
+    if (session?.idle_timeout_s && !ENDED.has(session.status)) reload();
+  }, IDLE_READ_EVERY_MS);
+  closers.push(() => clearInterval(idleReader));
 
   async function reload() {
     try {
@@ -269,10 +277,11 @@ export function mountSession(main, id, { fullscreen = false, create = null, onBa
   function finished(e) {
     const r = e.result || {};
     const box = field(view, "result");
+    const which = r.task > 1 ? `Task ${r.task} done` : "Done"; // a follow-up task says which
     box.replaceChildren(
-      h("h3", {}, r.success ? "Done: succeeded" : `Done: ${r.status || "failed"}`),
+      h("h3", {}, `${which}: ${r.success ? "succeeded" : r.status || "failed"}`),
       r.final_text ? h("p", { class: "final" }, r.final_text) : null,
-      h("p", { class: "muted" }, `${r.steps ?? 0} steps${r.duration_s ? ` in ${duration(r.duration_s)}` : ""} · ${r.llm || ""}`),
+      h("p", { class: "muted" }, `${r.steps ?? 0} step${r.steps === 1 ? "" : "s"}${r.duration_s ? ` in ${duration(r.duration_s)}` : ""} · ${r.llm || ""}`),
       ...(r.errors || []).map((err) => h("p", { class: "error" }, err)),
     );
     box.dataset.success = String(Boolean(r.success));
@@ -437,11 +446,35 @@ export function mountSession(main, id, { fullscreen = false, create = null, onBa
   });
   view.querySelector('[data-action="files-refresh"]').addEventListener("click", () => listFiles());
 
+  // -- follow-up tasks ---------------------------------------------------------------------
+
+  const taskForm = field(view, "task-form");
+  let taskShown = 1; // the task whose steps the timeline shows; a new number gets a marker
+  function taskMark(n, words) {
+    field(view, "no-steps").hidden = true;
+    steps.append(h("li", { class: "mark" }, h("span", {}, words)));
+    steps.scrollTop = steps.scrollHeight;
+    taskShown = Math.max(taskShown, n);
+  }
+  taskForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = taskForm.task.value.trim();
+    if (!text) return;
+    act(e.submitter || taskForm.querySelector('[data-action="send-task"]'), async () => {
+      const queued = await api.post(`/v1/sessions/${encodeURIComponent(session.session_id)}/tasks`, {
+        task: text,
+      });
+      taskForm.task.value = "";
+      toast(`Task ${queued.task} queued: it runs once the current task is done.`);
+    });
+  });
+
   // -- events, and the start --------------------------------------------------------------
 
   function follow() {
     const events = subscribe(`/v1/sessions/${encodeURIComponent(id)}/events?last_event_id=0`, {
       "agent.step": (e) => {
+        if (e.task && e.task > taskShown) taskMark(e.task, `Task ${e.task}`);
         step(e);
         if (session && session.control === "watching") {
           session = { ...session, agent_state: "running", step: e.step };

@@ -127,7 +127,7 @@ export function mountWall(main) {
     agent.dataset.state = s.control === "watching" ? s.agent_state : "paused";
     setText(tile, "llm", s.llm || "—");
     setText(tile, "age", age(s.created_at));
-    setText(tile, "left", timeLeft(s.expires_at));
+    setText(tile, "left", timeLeft(s));
     field(tile, "img").alt = `The desktop of ${label(s)}`;
   }
 
@@ -243,7 +243,7 @@ export function mountWall(main) {
       const s = sessions.get(id);
       if (s && !tile.hidden) {
         setText(tile, "age", age(s.created_at));
-        setText(tile, "left", timeLeft(s.expires_at));
+        setText(tile, "left", timeLeft(s));
       }
     }
   }, 1000);
