@@ -524,6 +524,7 @@ def compose_env(spec: SessionSpec, display_network: str = DISPLAY_NETWORK) -> di
         "RECORD": "1" if spec.record else "",
         "RECORD_FPS": str(spec.record_fps),
         "OWNER": spec.owner,
+        "POOL": "1" if spec.pool else "",
     }
 
 
