@@ -218,20 +218,24 @@ def ensure_display_network(name: str = DISPLAY_NETWORK) -> None:
     networks with name"). So whoever created one keeps the oldest of that name and removes
     the others: every racer picks the same one, and an up that found it already made
     (the oldest, then) is never left without it."""
-    if _network_ids(name):
-        return
-    try:
-        _run(
-            ["network", "create", "--driver", "bridge", "--label", "vncsess.shared=display",
-             "--opt", "com.docker.network.bridge.enable_icc=false", name],
-            "creating the display network",
-        )  # fmt: skip
-    except VncsessError as exc:
-        if "already exists" not in exc.message:  # another `up` made it at the same moment
-            raise
     ids = _network_ids(name)
-    if len(ids) < 2:
+    if len(ids) == 1:
         return
+    if not ids:
+        try:
+            _run(
+                ["network", "create", "--driver", "bridge", "--label", "vncsess.shared=display",
+                 "--opt", "com.docker.network.bridge.enable_icc=false", name],
+                "creating the display network",
+            )  # fmt: skip
+        except VncsessError as exc:
+            if "already exists" not in exc.message:  # another `up` made it at the same moment
+                raise
+        ids = _network_ids(name)
+        if len(ids) < 2:
+            return
+    # Two of that name (racers' creates, seen by compose as "multiple networks" before the
+    # creators tidied up): whoever meets them keeps the oldest, as the creators do.
     # Another racer may remove one between the listing and this: inspect what is left.
     proc = commands.result([_docker(), "network", "inspect", *ids])
     try:
