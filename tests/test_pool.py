@@ -8,6 +8,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -155,3 +156,17 @@ def test_stop_all_leaves_the_pool_unless_asked(cli: Cli) -> None:
     assert sid in stopped
     assert _pool_ls(cli) == {}
     cli.started -= {sid, cold}
+
+
+def test_a_claims_ttl_counts_from_the_claim(cli: Cli) -> None:
+    (sid,) = _fill(cli, 1)
+    time.sleep(6)  # the pool session has lived a while before its claim
+    s = cli.up("--ttl", "8s")
+    assert s["session_id"] == sid and s["pool"] == "claimed"
+    time.sleep(4)  # 10 s after the pool session started, 4 s after the claim
+    assert cli.json("inspect", sid)["status"] == "running", "the TTL counted from the start"
+    deadline = time.monotonic() + 40
+    while (shown := cli.json("inspect", sid))["status"] != "expired":
+        assert time.monotonic() < deadline, f"not expired: {shown['status']}"
+        time.sleep(1)
+    assert shown["expired_by"] == "ttl"
