@@ -170,3 +170,31 @@ def test_a_claims_ttl_counts_from_the_claim(cli: Cli) -> None:
         assert time.monotonic() < deadline, f"not expired: {shown['status']}"
         time.sleep(1)
     assert shown["expired_by"] == "ttl"
+
+
+def _wait_pool(cli: Cli, n: int, timeout: float = 90) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        pool = {k: v for k, v in _pool_ls(cli).items() if v["pool"] == "idle"}
+        cli.started.update(pool)
+        if len(pool) == n:
+            return pool
+        assert time.monotonic() < deadline, f"the pool holds {sorted(pool)}, not {n}"
+        time.sleep(0.5)
+
+
+def test_serve_keeps_the_pool_topped_up_and_its_creates_claim(cli: Cli) -> None:
+    from tests.test_api import start_server
+
+    server = start_server(cli, "--pool", "2")
+    try:
+        first = _wait_pool(cli, 2)
+        s = server.create()
+        assert s["session_id"] in first and s["pool"] == "claimed"
+        refilled = _wait_pool(cli, 2)
+        assert s["session_id"] not in refilled
+        assert len(set(refilled) - set(first)) == 1, "one new pool session took its place"
+    finally:
+        server.stop()  # SIGTERM: serve ends, and its keeper with it
+    assert server.proc.returncode is not None
+    assert set(_pool_ls(cli)) == set(refilled), "the pool stays after serve"
