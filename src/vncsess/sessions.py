@@ -652,6 +652,7 @@ def _hand_over(
                     "llm": checked.llm,
                     "llm_base_url": opts.llm_base_url,
                     "max_steps": opts.max_steps,
+                    "demo_step_delay": settings.demo_step_delay,
                     "ttl_s": checked.ttl,
                     "idle_timeout_s": checked.idle_timeout,
                 }
