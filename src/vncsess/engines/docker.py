@@ -38,6 +38,7 @@ LABEL_PREFIX = "vncsess."
 # Every session's vnc container publishes its port from this one bridge (see
 # ensure_display_network).
 DISPLAY_NETWORK = "vncsess-display"
+DISPLAY_NETWORK_TRIES = 4  # compose ups that met it missing or doubled (see DockerEngine.start)
 
 
 def _not_installed() -> DockerUnavailable:
@@ -577,16 +578,21 @@ class DockerEngine:
     def start(self, spec: SessionSpec) -> None:
         files, env_file = self.render(spec)
         project = project_name(spec.session_id)
-        try:
-            compose_up(project, files, env_file)
-        except VncsessError as exc:
-            # The shared display network is made on the first `up` that misses it, not
-            # looked for on every `up` (a docker call each). First `up`s racing may also
-            # meet two of that name for a moment: ensure_display_network keeps one.
-            if not display_network_trouble(exc.message):
-                raise
-            ensure_display_network()
-            compose_up(project, files, env_file)
+        for attempt in range(DISPLAY_NETWORK_TRIES):
+            try:
+                compose_up(project, files, env_file)
+                return
+            except VncsessError as exc:
+                # The shared display network is made on the first `up` that misses it, not
+                # looked for on every `up` (a docker call each). First `up`s racing may also
+                # meet two of that name for a moment: ensure_display_network keeps one. One
+                # retry was not enough: five starts at once on an engine without it (a
+                # `pool fill 5`) had one `up` meet another racer's second network right
+                # after its own retry, in 3 runs of 6.
+                if attempt + 1 == DISPLAY_NETWORK_TRIES or not display_network_trouble(exc.message):
+                    raise
+                ensure_display_network()
+                time.sleep(0.1 * attempt)
 
     def observe(self, session_id: str | None = None) -> list[Observed]:
         by_id: dict[str, list[dict[str, Any]]] = {}
