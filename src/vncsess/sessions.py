@@ -577,7 +577,12 @@ def _claim(
         "memory": opts.memory,
         "engine": settings.engine,
     }
-    seen = [o for o in engine.observe() if _in_our_pool(settings, o)]
+    # Free pool sessions of this home mark themselves in their data dirs: without one, a
+    # cold `up` asks the engine nothing more than it did before the pool existed.
+    free = {p.parent.name for p in settings.sessions_dir.glob("*/pool.free")}
+    if not free:
+        return None
+    seen = [o for o in engine.observe() if o.session_id in free and _in_our_pool(settings, o)]
     if not seen:
         return None
     random.shuffle(seen)  # `up`s at once try different ones first: fewer lost renames
