@@ -3,7 +3,7 @@
 sizes, and how many sessions this machine serves at once. Figures, not a test.
 
     python bench/fleet.py [--sessions 16] [--rounds 2] [--runs 5] [--before REF]
-                          [--only fleet,first-frame,images] [--capacity 40] [--build]
+                          [--only fleet,first-frame,warm,images] [--capacity 40] [--build]
 
 With --before REF the same measures run for REF's code (a temporary git worktree, the same
 Python and packages, the images named by --before-images) and for this tree, interleaved
@@ -279,6 +279,43 @@ def first_frame(tree: Tree) -> None:
         tree.run("stop", s["session_id"], check=False)
 
 
+def warm_first_frame(tree: Tree, settle: float = 5.0) -> None:
+    """`up` to the first full frame when a warm-pool session is there to claim: one pool
+    session filled (and left SETTLE seconds, as a pool filled ahead of time would be), then
+    the same `up` and frame as first_frame, which ran just before with no pool (the cold
+    figure, under the same load)."""
+    fill = tree.run("pool", "fill", "1", "--json", check=False)
+    if fill.returncode != 0:
+        print(f"# {tree.label}: pool fill failed: {fill.stderr.strip()[-300:]}", file=sys.stderr)
+        tree.add("warm failures", 1)
+        return
+    time.sleep(settle)
+    t0 = time.monotonic()
+    up = tree.run("up", "--json", check=False)
+    if up.returncode != 0:
+        print(f"# {tree.label}: up failed: {up.stderr.strip()[-300:]}", file=sys.stderr)
+        tree.add("warm failures", 1)
+        tree.run("pool", "drain", check=False)
+        return
+    s = json.loads(up.stdout)
+    try:
+        tree.add("warm up returns", time.monotonic() - t0)
+        with RfbClient("127.0.0.1", s["novnc_port"]) as c:
+            init = c.login(secret(s["novnc_url"]))
+            full = init.width * init.height * init.bits_per_pixel // 8
+            if len(c.frame()) != full:
+                tree.add("warm failures", 1)
+        t = time.monotonic() - t0
+        if s.get("pool") == "claimed":
+            tree.add("warm first frame", t)
+        else:  # the pool session was not claimed: a cold start after all
+            print(f"# {tree.label}: up did not claim the pool session", file=sys.stderr)
+            tree.add("warm failures", 1)
+    finally:
+        tree.run("stop", s["session_id"], check=False)
+        tree.run("pool", "drain", check=False)
+
+
 def image_mb(tag: str) -> float:
     try:
         return int(docker("image", "inspect", "--format", "{{.Size}}", tag)) / 1e6
@@ -364,7 +401,9 @@ ROWS = [  # (figure key, what, unit, format)
     ("stop all", "`vncsess stop` of the sessions that started", "s", "{:.1f}"),
     ("up returns", "`vncsess up` returns (URL printed)", "s", "{:.2f}"),
     ("first frame", "`vncsess up` to the first full noVNC frame, cold", "s", "{:.2f}"),
-    ("warm", "`up` to the first full frame from a warm pool", "", ""),
+    ("warm up returns", "`vncsess up` returns, claiming a warm-pool session", "s", "{:.2f}"),
+    ("warm first frame", "`up` to the first full frame from a warm pool", "s", "{:.2f}"),
+    ("warm failures", "  of which failed or were not claimed", "", "{:.0f}"),
     ("ls", "`vncsess ls --json` with {n} sessions", "s", "{:.2f}"),
     ("vnc image", "vncsess-vnc image", "MB", "{:.0f}"),
     ("agent image", "vncsess-agent image", "MB", "{:.0f}"),
@@ -395,7 +434,7 @@ def report(trees: list[Tree], n: int) -> None:
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
     for key, what, unit, fmt in ROWS:
-        if not any(key in t.figures for t in trees) and key != "warm":
+        if not any(key in t.figures for t in trees):
             continue
         cells = " | ".join(cell(t, key, fmt) for t in trees)
         row = f"| {what.format(n=n)} | {cells} | {unit} |"
@@ -409,6 +448,13 @@ def report(trees: list[Tree], n: int) -> None:
         if now is not None:
             ratios.append(f"{key} {now / prev:.2f}")
     print(f"\nratios of {after.label} to the previous figures: " + ", ".join(ratios))
+    warm, cold = median(after, "warm first frame"), median(after, "first frame")
+    if warm is not None and cold:
+        runs = len(after.figures["warm first frame"])
+        print(
+            f"warm pool vs cold, `up` to the first full frame (median of {runs}): "
+            f"{warm:.2f} s vs {cold:.2f} s, warm / cold {warm / cold:.2f}"
+        )
 
 
 def main() -> None:
@@ -421,7 +467,7 @@ def main() -> None:
     ap.add_argument("--before", help="a git ref to compare with (e.g. main)")
     ap.add_argument("--before-images", default="vncsess-vnc,vncsess-agent",
                     help="VNC,AGENT image tags the --before tree runs")  # fmt: skip
-    ap.add_argument("--only", default="fleet,first-frame,images")
+    ap.add_argument("--only", default="fleet,first-frame,warm,images")
     ap.add_argument("--capacity", type=int, default=0, help="also: how many sessions at once")
     ap.add_argument("--build", action="store_true", help="also: dangling images of a build")
     args = ap.parse_args()
@@ -459,9 +505,11 @@ def main() -> None:
                 for tree in trees if r % 2 == 0 else trees[::-1]:
                     print(f"# round {r + 1}: {tree.label}", file=sys.stderr, flush=True)
                     fleet(tree, args.sessions, args.settle, args.window, args.runs)
-            for _ in range(args.runs if "first-frame" in only else 0):
+            for _ in range(args.runs if only & {"first-frame", "warm"} else 0):
                 for tree in trees:
-                    first_frame(tree)
+                    first_frame(tree)  # cold: no pool session is there to claim
+                    if "warm" in only and tree is after:
+                        warm_first_frame(tree)
             if args.capacity:
                 capacity(after, args.capacity)
             if args.build:

@@ -63,9 +63,9 @@ class Server:
             self.proc.wait(timeout=30)
 
 
-def start_server(cli: Cli, **env: str) -> Server:
+def start_server(cli: Cli, *args: str, **env: str) -> Server:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vncsess", "serve", "--port", "0"],
+        [sys.executable, "-m", "vncsess", "serve", "--port", "0", *args],
         env=cli.env(VNCSESS_API_TOKEN=TOKEN, **env),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -40,8 +40,14 @@ _NOISE = ("Did the Agent not work as expected?", "Open a short issue on GitHub")
 
 class Redactor:
     def __init__(self, secrets: list[str] | None = None) -> None:
+        self.secrets: list[str] = []
+        self.add(secrets or [])
+
+    def add(self, secrets: list[str]) -> None:
+        """More values to hide (a pool session's claim brings the claimer's keys)."""
         # Longest first, so a value that contains another is replaced whole.
-        self.secrets = sorted({s for s in (secrets or []) if len(s) >= 4}, key=len, reverse=True)
+        found = {s for s in (*self.secrets, *secrets) if len(s) >= 4}
+        self.secrets = sorted(found, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:

@@ -27,6 +27,14 @@ TASK_SUFFIX, TAKEN_SUFFIX = ".task", ".taken"
 SCRIPT_MOUNT = "/opt/vncsess-script"
 SCRIPT_FILE = "agent_script.py"
 SCRIPT_ARGS_FILE = "args.json"
+# The warm pool: a session started ahead of time (VNCSESS_POOL=1) waits, idle, for `up` to
+# claim it. The claim is CLAIM_FILE in the data dir, written once (beside it under a dot-name,
+# then renamed) before the claimer's first task reaches the inbox: {"llm", "llm_base_url",
+# "max_steps", "demo_step_delay", "ttl_s", "idle_timeout_s"}. The claimer's model keys are
+# not in it: they were written over the secret file llm_env (in place, so the mount shows
+# them), which the runner reads again once it sees the claim. The vnc container reads its
+# own half from the activity dir (activity.CLAIM: "TTL_S IDLE_S").
+CLAIM_FILE = "claim.json"
 
 # events.jsonl: each line {"seq": N, "type": T, "at": ISO 8601 UTC, ...fields}, written with
 # one append, so a reader sees whole lines (it leaves a last line without its newline for

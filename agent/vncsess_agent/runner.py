@@ -17,6 +17,7 @@ Environment
   VNCSESS_IDLE_TIMEOUT                          seconds without activity: then it ends
                                                 itself (see activity.py)
   VNCSESS_ACTIVITY_DIR                          default /activity, shared with vnc
+  VNCSESS_POOL                                  "1": a warm-pool session, idle until claimed
 Files (each may be missing)
   /run/secrets/task       the task, UTF-8, passed to the Agent byte for byte. Empty: an idle
                           window until stopped. The single word `demo`: DEMO_TASK.
@@ -31,6 +32,10 @@ Files (each may be missing)
   /data/inbox/N.task      a follow-up task (`vncsess task`), taken in number order once the
                           last task is done (renamed N.taken); it runs in the same browser
   /data/tasks/N.json      each task's own result (result.json is the latest)
+  /data/claim.json        a warm-pool session's claim (VNCSESS_POOL=1): the claimer's model,
+                          base URL, step limit, TTL and idle timeout, applied once, before
+                          the first task; /run/secrets/llm_env is then read again (the
+                          claimer's keys were written over it)
   /opt/vncsess-script/    `up --script`: agent_script.py and args.json (read-only). The runner
                           runs the script instead of an Agent, its output in the logs; its exit
                           code and last JSON line on stdout become the result
@@ -67,6 +72,7 @@ from vncsess_agent.display import DisplayError, wait_for_display, watch_display
 from vncsess_agent.outputs import Outputs, utc_now
 from vncsess_agent.protocol import (
     CANCELLED,
+    CLAIM_FILE,
     DONE,
     FAILED,
     IDLE,
@@ -149,6 +155,7 @@ class Runner:
         self.task_t0 = t0  # when it started (monotonic)
         self._history_start = 0  # where its steps begin in the agent's history
         self._task_started_at = started_at
+        self.claimed = False
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -239,10 +246,61 @@ class Runner:
 
     async def _next_from_inbox(self) -> tuple[int, str]:
         while True:
+            if self.s.pool and not self.claimed:
+                self._apply_claim()
             found = self._take_from_inbox()
             if found is not None:
                 return found
             await asyncio.sleep(INBOX_POLL_S)
+
+    def _apply_claim(self) -> None:
+        """A warm-pool session claimed by an `up`: its model, keys and limits from now on.
+        Written before the claimer's first task reached the inbox, so it applies first.
+        The keys are read into memory, as at start: never logged, never in the env."""
+        try:
+            raw = json.loads((self.s.data_dir / CLAIM_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            LOG.warning("cannot read the claim: %s", exc)
+            return
+        self.claimed = True
+        claim = raw if isinstance(raw, dict) else {}
+        self.s.llm = str(claim.get("llm") or "demo")
+        self.s.llm_base_url = str(claim.get("llm_base_url") or "") or None
+        steps = claim.get("max_steps")
+        if isinstance(steps, int) and steps > 0:
+            self.s.max_steps = steps
+        warnings: list[str] = []
+        self.s.llm_env = settings_mod.load_llm_env(self.s.secrets_dir, warnings)
+        self.redact.add(self.s.secret_values)
+        for warning in warnings:
+            LOG.warning("%s", warning)
+        ttl, idle = claim.get("ttl_s"), claim.get("idle_timeout_s")
+        LOG.info(
+            "claimed from the pool: llm=%s max_steps=%d ttl=%s idle_timeout=%s%s",
+            self.s.llm,
+            self.s.max_steps,
+            ttl or "-",
+            idle or "-",
+            f"; llm env: loaded {', '.join(self.s.llm_env_names)}" if self.s.llm_env else "",
+        )
+        if isinstance(ttl, (int, float)) and ttl > 0:
+            self.s.ttl = float(ttl)
+            self._expiry = asyncio.create_task(self._expire_after(float(ttl)))
+        if isinstance(idle, (int, float)) and idle > 0:
+            self.s.idle_timeout = float(idle)
+            threading.Thread(
+                target=self._watch_idle,
+                args=(float(idle), asyncio.get_running_loop()),
+                name="idle",
+                daemon=True,
+            ).start()
+
+    async def _expire_after(self, ttl: float) -> None:
+        """A claimed pool session's --ttl, counted from its claim."""
+        await asyncio.sleep(ttl)
+        self._on_stop(f"the session's time limit ({ttl:g} s)", expired_by="ttl")
 
     async def _run_task(self, n: int, text: str, at_start: bool = False) -> None:
         """Task n in the session's one browser: the first makes the Agent, a follow-up is

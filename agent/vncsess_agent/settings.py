@@ -63,6 +63,9 @@ class Settings:
     activity_dir: Path = Path("/activity")
     # `up --script`: where the user's script is mounted (read-only); see protocol.py.
     script_dir: Path = Path(SCRIPT_MOUNT)
+    # VNCSESS_POOL=1: started for the warm pool; the claim (protocol.CLAIM_FILE) brings the
+    # model, its keys and the limits later.
+    pool: bool = False
 
     @property
     def script_file(self) -> Path | None:
@@ -218,4 +221,5 @@ def load() -> Settings:
         idle_timeout=_parse_float("VNCSESS_IDLE_TIMEOUT", 0.0, warnings),
         activity_dir=Path(_env("VNCSESS_ACTIVITY_DIR", "/activity") or "/activity"),
         script_dir=Path(_env("VNCSESS_SCRIPT_DIR", SCRIPT_MOUNT) or SCRIPT_MOUNT),
+        pool=_env("VNCSESS_POOL") == "1",
     )

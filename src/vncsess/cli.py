@@ -33,6 +33,16 @@ app = typer.Typer(
 )
 record_app = typer.Typer(help="Record a session's display to MP4.", no_args_is_help=True)
 app.add_typer(record_app, name="record")
+pool_app = typer.Typer(
+    help="The warm pool: idle sessions started ahead of time, which `up` claims.\n\n"
+    "`up` takes a pool session when its request fits one (the same resolution; no --script, "
+    "--agent-image, --no-internet, --port, --upload or other --cpus/--memory) and starts "
+    "cold otherwise. A claimed session gets new viewer and control passwords, the "
+    "claimer's task, model and keys, name, TTL and idle timeout (counted from the claim), "
+    "and never returns to the pool.",
+    no_args_is_help=True,
+)
+app.add_typer(pool_app, name="pool")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -429,8 +439,8 @@ def ls(
     elif not found:
         ui.info("no sessions; start one with `vncsess up`")
     else:
-        headers = ["ID", "NAME", "STATUS", "AGENT", "MODEL", "CONTROL", "AGE", "IDLE LEFT",
-                   "SIZE", "URL"]  # fmt: skip
+        headers = ["ID", "NAME", "STATUS", "POOL", "AGENT", "MODEL", "CONTROL", "AGE",
+                   "IDLE LEFT", "SIZE", "URL"]  # fmt: skip
         ui.table(
             headers,
             [
@@ -438,6 +448,7 @@ def ls(
                     s.id,
                     s.name or "-",
                     s.shown_status,
+                    s.pool or "-",
                     s.agent_state,
                     s.llm,
                     s.control,
@@ -508,8 +519,14 @@ def stop(
     all_: Annotated[
         bool,
         typer.Option(
-            "--all", "-a", help="Stop every session (with VNCSESS_OWNER set: that owner's)."
+            "--all",
+            "-a",
+            help="Stop every session (with VNCSESS_OWNER set, that owner's), except the warm "
+            "pool's unclaimed ones.",
         ),
+    ] = False,
+    pool: Annotated[
+        bool, typer.Option("--pool", help="With --all: the warm pool's sessions too.")
     ] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -518,8 +535,16 @@ def stop(
 
     if all_ and session_ids:
         raise VncsessError("give ids or --all, not both", exit_code=ExitCode.BAD_INPUT)
+    if pool and not all_:
+        raise VncsessError(
+            "--pool goes with --all",
+            hint="`vncsess stop --all --pool`, or `vncsess pool drain` for the pool alone",
+            exit_code=ExitCode.BAD_INPUT,
+        )
     with ui.progress("stopping") as step:
-        batch = sessions.stop(_settings(), session_ids or [], stop_all=all_, progress=step)
+        batch = sessions.stop(
+            _settings(), session_ids or [], stop_all=all_, progress=step, include_pool=pool
+        )
     _print_stopped(batch.done, json_, "" if batch.errors else "no sessions to stop")
     _fail_batch(batch)
 
@@ -947,6 +972,78 @@ def doctor(json_: JsonOpt = False) -> None:
         raise typer.Exit(int(ExitCode.ENVIRONMENT))
 
 
+# ------------------------------------------------------------------ the warm pool
+
+
+@pool_app.command("fill")
+@handled
+def pool_fill(
+    size: Annotated[int, typer.Argument(help="How many pool sessions to have live.", min=0)],
+    resolution: Annotated[
+        str,
+        typer.Option(
+            "--resolution", "-r", help="Display size WxH of new ones. [default: 1280x720]"
+        ),
+    ] = "",
+    json_: JsonOpt = False,
+) -> None:
+    """Start idle sessions ahead of time until SIZE pool sessions are live.
+
+    Only `up`s asking for the same resolution claim them. Pool sessions belong to your
+    VNCSESS_OWNER and VNCSESS_HOME: only `up`s with both the same claim them.
+    """
+    from vncsess import pool
+
+    settings = _settings(resolution=resolution)
+    with ui.progress("filling the pool") as step:
+        live = pool.fill(settings, size, resolution, step)
+    if json_:
+        ui.print_json({"pool": [s.id for s in live]})
+    else:
+        ui.success(f"{len(live)} pool session(s) live")
+        for s in live:
+            print(s.id)
+
+
+@pool_app.command("ls")
+@handled
+def pool_ls(
+    json_: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only ids.")] = False,
+) -> None:
+    """List the pool sessions nobody claimed yet (claimed ones are in `vncsess ls`)."""
+    from vncsess import pool
+
+    found = pool.list_pool(_settings())
+    if json_:
+        ui.print_json([s.to_dict() for s in found])
+    elif quiet:
+        for s in found:
+            print(s.id)
+    elif not found:
+        ui.info("the pool is empty; fill it with `vncsess pool fill N`")
+    else:
+        ui.table(
+            ["ID", "STATUS", "POOL", "AGE", "SIZE"],
+            [
+                [s.id, s.shown_status, s.pool, ui.human_age(s.age_seconds), s.resolution]
+                for s in found
+            ],
+        )
+
+
+@pool_app.command("drain")
+@handled
+def pool_drain(json_: JsonOpt = False) -> None:
+    """Remove the pool sessions nobody claimed (as `stop` does)."""
+    from vncsess import pool
+
+    with ui.progress("draining the pool") as step:
+        batch = pool.drain(_settings(), step)
+    _print_stopped(batch.done, json_, "" if batch.errors else "the pool is empty")
+    _fail_batch(batch)
+
+
 # ------------------------------------------------------------------ serve
 
 
@@ -969,11 +1066,23 @@ def serve(
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="Log each request.")
     ] = True,
+    pool_size: Annotated[
+        int,
+        typer.Option(
+            "--pool",
+            min=0,
+            help="Keep N warm-pool sessions ready (topped up in the background); creates "
+            "claim them. They stay after Ctrl-C: `vncsess pool drain` removes them.",
+        ),
+    ] = 0,
 ) -> None:
     """Serve the HTTP API (the seeds' session APIs and /v1) until Ctrl-C."""
     from vncsess import api
+    from vncsess import pool as warm
 
     settings = _settings()
+    if pool_size:
+        warm.check_size(pool_size)
     secret, path = api.load_token(settings, token)
     sock = api.bind(host, port)
     _images_before_serving(settings)
@@ -997,10 +1106,17 @@ def serve(
         markup=False,
     )
     ui.info("Ctrl-C stops the server; sessions keep running.")
+    keeper = None
+    if pool_size:
+        ui.info(f"keeping {pool_size} warm-pool session(s) ready")
+        keeper = warm.Keeper(settings, pool_size, report=ui.info).start()
     try:
         api.run(sock, settings, secret, access_log=access_log)
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: the normal way out
         ui.info("stopped")
+    finally:
+        if keeper is not None:
+            keeper.stop()
 
 
 def _images_before_serving(settings: config.Settings) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from vncsess import activity as act
 from vncsess.engines.base import SessionSecrets
 from vncsess.errors import VncsessError
-from vncsess.protocol import INBOX_DIR, SCRIPT_ARGS_FILE, SCRIPT_FILE, TASKS_DIR
+from vncsess.protocol import CLAIM_FILE, INBOX_DIR, SCRIPT_ARGS_FILE, SCRIPT_FILE, TASKS_DIR
 
 # What the containers run as. On a host where vncsess runs as root the containers still
 # run as this unprivileged uid, and vncsess hands them their directories.
@@ -195,6 +195,27 @@ class DataDir:
         return self.path / "stopped.json"
 
     @property
+    def pool_free(self) -> Path:
+        """A warm-pool session ready to be claimed: {what it was started with}. Claiming is
+        renaming it to pool_claimed: of several `up`s at once, exactly one rename succeeds."""
+        return self.path / "pool.free"
+
+    @property
+    def pool_claimed(self) -> Path:
+        return self.path / "pool.claimed"
+
+    @property
+    def claim_file(self) -> Path:
+        """A claimed pool session's own facts (name, created, expires, llm, owner...), laid
+        over its labels, which cannot change: what `ls`, `inspect` and the API show."""
+        return self.path / "claim.json"
+
+    @property
+    def runner_claim_file(self) -> Path:
+        """The claim as the runner reads it (protocol.CLAIM_FILE, in /data)."""
+        return self.agent / CLAIM_FILE
+
+    @property
     def compose_file(self) -> Path:
         return self.path / "compose.yml"
 
@@ -270,6 +291,27 @@ class DataDir:
             fh.write(data)
             fh.truncate()
         path.chmod(0o400)
+        return data
+
+    def rotate_vnc_secrets(self) -> bytes:
+        """New view-only and full-access passwords at once (a pool session's claim), written
+        in place as rotate_control_secret does; the old ones let no new client in."""
+        return self._rewrite_secret("vnc_passwd", _passwdfile(new_password(), new_password()))
+
+    def replace_llm_env(self, text: str) -> None:
+        """The model keys of a claimed pool session: the claimer's, written in place over
+        the file mounted as /run/secrets/llm_env (empty when the claimer has none)."""
+        self._rewrite_secret("llm.env", text.encode())
+
+    def _rewrite_secret(self, name: str, data: bytes) -> bytes:
+        path = self.secrets / name
+        path.chmod(0o600)
+        try:
+            with open(path, "r+b") as fh:
+                fh.write(data)
+                fh.truncate()
+        finally:
+            path.chmod(0o400)
         return data
 
     def forget_secrets(self) -> None:

@@ -53,8 +53,16 @@ class Session:
     # no idle timeout or has ended. With no activity from now on, it ends at this + timeout.
     last_active_at: datetime | None = None
     expired_by: str = ""  # "ttl" or "idle" once status is "expired"
+    # The warm pool: "" (started by `up`), "starting" or "idle" (started by `pool fill`,
+    # not claimed yet: still in the pool), "claimed" (taken out of the pool by an `up`).
+    pool: str = ""
     view_secret: str = field(default="", repr=False)
     control_secret: str = field(default="", repr=False)
+
+    @property
+    def in_pool(self) -> bool:
+        """Started for the warm pool and not claimed: nobody's session yet."""
+        return self.pool in ("starting", "idle")
 
     @property
     def project(self) -> str:
@@ -117,6 +125,7 @@ class Session:
             "idle_expires_at": self.idle_expires_at.isoformat() if self.idle_expires_at else None,
             "idle_left_s": None if self.idle_left_s is None else round(self.idle_left_s, 1),
             "owner": self.owner,
+            "pool": self.pool or None,
         }
         if show_secrets and self.control_url and self.control != "watching":
             d["control_url"] = self.control_url

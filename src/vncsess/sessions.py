@@ -6,7 +6,11 @@ of truth for which sessions exist (labels); the data dir holds what outlives the
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import json
+import os
+import random
 import re
 import secrets
 import socket
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from vncsess import activity, engines, images, recordings, rfb, tasks
 from vncsess.config import Settings, for_new_session, parse_duration, parse_resolution
-from vncsess.datadir import DataDir, check_room, container_ids, env_text, new_secrets
+from vncsess.datadir import DataDir, check_room, container_ids, env_text, new_secrets, unwritable
 from vncsess.engines.base import Engine, Observed, Progress, SessionSecrets, SessionSpec
 from vncsess.errors import (
     BadInput,
@@ -32,7 +36,7 @@ from vncsess.errors import (
     WaitTimeout,
 )
 from vncsess.models import Batch, Result, Session
-from vncsess.protocol import PAUSED, Status
+from vncsess.protocol import CLAIM_FILE, PAUSED, Status
 
 if TYPE_CHECKING:
     from vncsess import files
@@ -349,7 +353,25 @@ def up(
 
     # Checked, copied and scanned before anything starts: a refused file starts nothing.
     with files.prepare_paths(settings, opts.uploads) as uploads:
+        if poolable(settings, opts):
+            claimed = _claim(settings, opts, checked, progress)
+            if claimed is not None:
+                return claimed
         return _start(settings, opts, checked, uploads, progress)
+
+
+def start_pool_session(settings: Settings, resolution: str, progress: Progress = _quiet) -> Session:
+    """One warm-pool session (`pool fill`): started as `up` with no options starts one, by the
+    same path, but labelled for the pool, with no task, no model keys and no limits, and
+    marked free to be claimed once its display answers."""
+    from vncsess import files
+
+    settings = for_new_session(settings)
+    opts = UpOptions(resolution=resolution)
+    checked = dataclasses.replace(_check(settings, opts, False), llm="demo", llm_env="")
+    check_room(settings.sessions_dir)
+    with files.prepare_paths(settings, ()) as uploads:
+        return _start(settings, opts, checked, uploads, progress, pool=True)
 
 
 def _start(
@@ -358,6 +380,7 @@ def _start(
     checked: _Checked,
     uploads: files.Prepared,
     progress: Progress,
+    pool: bool = False,
 ) -> Session:
     from vncsess import files
 
@@ -378,7 +401,7 @@ def _start(
         data = DataDir(settings.session_dir(session_id))
         started = time.monotonic()
         keys = new_secrets(opts.task, checked.llm_env)
-        spec = _spec(settings, opts, checked, session_id, keys)
+        spec = dataclasses.replace(_spec(settings, opts, checked, session_id, keys), pool=pool)
         try:
             data.create(keys)
             files.set_enabled(data, opts.file_transfer)
@@ -397,6 +420,8 @@ def _start(
         # When the display first answered: the event stream's `session.ready`, durable so
         # that a restarted `serve` tells it too.
         data.write_json(data.ready_file, {"at": _now_iso(), "novnc_port": session.novnc_port})
+        if pool:  # now, and not before, an `up` may claim it
+            data.write_json(data.pool_free, _pool_terms(settings, spec))
         return session
     except BaseException:
         # A failed (or interrupted) up leaves nothing behind: no containers, no data dir.
@@ -491,17 +516,214 @@ def _logs_hint(session_id: str) -> str:
     return f"see `vncsess logs {session_id}`"
 
 
+# ------------------------------------------------------------------ the warm pool
+
+# What a pool session was started with, besides the engine's own metadata: a claim must
+# match all of it (pool.free holds it).
+_POOL_TERMS = ("resolution", "vnc_image", "agent_image", "bind", "cpus", "memory", "engine")
+
+
+def _pool_terms(settings: Settings, spec: SessionSpec) -> dict[str, str]:
+    return {
+        "resolution": spec.resolution,
+        "vnc_image": spec.vnc_image,
+        "agent_image": spec.agent_image,
+        "bind": spec.bind,
+        "cpus": spec.agent_cpus,
+        "memory": spec.agent_memory,
+        "engine": settings.engine,
+        "at": _now_iso(),
+    }
+
+
+def poolable(settings: Settings, opts: UpOptions) -> bool:
+    """Whether an `up` with these options may take a pool session at all: one started as
+    the pool starts them (no script, image, port, network or resource choices, no
+    uploads). The resolution and the rest are matched per pool session (_claim)."""
+    defaults = UpOptions()
+    return (
+        settings.engine == "docker"
+        and not opts.script
+        and not opts.agent_image
+        and not opts.no_internet
+        and opts.port is None
+        and opts.cpus == defaults.cpus
+        and opts.memory == defaults.memory
+        and not opts.uploads
+        and opts.file_transfer
+    )
+
+
+def _pool_state(meta: dict[str, str], data: DataDir) -> str:
+    """ "" for a session `up` started; for a pool one: "claimed" once an `up` took it,
+    "idle" while it waits to be, "starting" before its display answered."""
+    if meta.get("pool") != "1":
+        return ""
+    if data.claim_file.exists() or data.pool_claimed.exists():
+        return "claimed"
+    return "idle" if data.pool_free.exists() else "starting"
+
+
+def _in_our_pool(settings: Settings, o: Observed) -> bool:
+    """A pool session this caller may claim or count: its owner (VNCSESS_OWNER, or none)
+    and its data dir under this VNCSESS_HOME, so one test run or CI job never takes
+    another's, nor a session whose files another home holds."""
+    data_dir = Path(o.meta.get("data-dir") or settings.session_dir(o.session_id))
+    return (
+        o.meta.get("pool") == "1"
+        and o.meta.get("owner", "") == settings.owner
+        and data_dir.parent == settings.sessions_dir
+    )
+
+
+def _claim(
+    settings: Settings, opts: UpOptions, checked: _Checked, progress: Progress
+) -> Session | None:
+    """Take a free pool session for this `up`, or None (then `up` starts one cold).
+
+    The claim is one rename (pool.free -> pool.claimed) in the session's data dir: of any
+    number of `up`s at once, from any process, exactly one wins each session. The winner
+    hands the session over (_hand_over); a session that fails that is removed, never put
+    back, and the next one is tried."""
+    engine = engines.load(settings)
+    wanted = {
+        "resolution": checked.resolution,
+        "vnc_image": settings.vnc_image,
+        "agent_image": settings.agent_image,
+        "bind": settings.bind,
+        "cpus": opts.cpus,
+        "memory": opts.memory,
+        "engine": settings.engine,
+    }
+    # Free pool sessions of this home mark themselves in their data dirs: without one, a
+    # cold `up` asks the engine nothing more than it did before the pool existed.
+    free = {p.parent.name for p in settings.sessions_dir.glob("*/pool.free")}
+    if not free:
+        return None
+    seen = [o for o in engine.observe() if o.session_id in free and _in_our_pool(settings, o)]
+    if not seen:
+        return None
+    random.shuffle(seen)  # `up`s at once try different ones first: fewer lost renames
+    with _name_lock(settings, opts.name) if opts.name else nullcontext():
+        if opts.name:
+            _check_name_free(settings, engine, opts.name)
+        for o in seen:
+            if _status(o.services, o.health) != "running" or o.endpoint is None:
+                continue
+            data = DataDir(Path(o.meta.get("data-dir") or settings.session_dir(o.session_id)))
+            terms = data.read_json(data.pool_free)
+            if terms is None or any(terms.get(k) != v for k, v in wanted.items()):
+                continue  # claimed meanwhile, or started otherwise (another resolution...)
+            try:
+                os.rename(data.pool_free, data.pool_claimed)
+            except FileNotFoundError:
+                continue  # another `up` won it
+            except OSError as exc:
+                raise unwritable(data.path, exc) from None
+            progress(f"claiming pool session {o.session_id}")
+            try:
+                return _hand_over(settings, engine, o, data, opts, checked)
+            except VncsessError as exc:
+                progress(f"pool session {o.session_id} failed its claim ({exc.message})")
+                _discard(engine, o.session_id, data)
+            except BaseException:
+                _discard(engine, o.session_id, data)
+                raise
+    return None
+
+
+def _hand_over(
+    settings: Settings,
+    engine: Engine,
+    seen: Observed,
+    data: DataDir,
+    opts: UpOptions,
+    checked: _Checked,
+) -> Session:
+    """Make a claimed pool session this `up`'s: fresh viewer and control passwords (the
+    old ones let no new client in), the claimer's model keys, its facts (laid over the
+    labels for `ls`), its limits counted from now, its model and its task."""
+    sid = seen.session_id
+    now = datetime.now(UTC)
+    at = now.isoformat(timespec="seconds")
+    try:
+        engine.push_vnc_passwd(sid, data.path, data.rotate_vnc_secrets())
+        data.replace_llm_env(checked.llm_env)
+        data.write_json(
+            data.claim_file,
+            {
+                "claimed_at": _now_iso(),
+                "name": opts.name,
+                "created": at,
+                "expires": (now + timedelta(seconds=checked.ttl)).isoformat(timespec="seconds")
+                if checked.ttl
+                else "",
+                "idle-timeout": str(checked.idle_timeout) if checked.idle_timeout else "",
+                "llm": checked.llm,
+                "owner": settings.owner,
+                "public-host": settings.public_host,
+                "recording": "1" if opts.record else "",
+            },
+        )
+        # The idle clock starts again from the claim; the vnc container reads its limits.
+        activity.stamp(data.activity, activity.START)
+        activity.write(data.activity, activity.CLAIM, f"{checked.ttl} {checked.idle_timeout}")
+        tmp = data.agent / f".{CLAIM_FILE}.tmp"
+        tmp.write_text(
+            json.dumps(
+                {
+                    "llm": checked.llm,
+                    "llm_base_url": opts.llm_base_url,
+                    "max_steps": opts.max_steps,
+                    "demo_step_delay": settings.demo_step_delay,
+                    "ttl_s": checked.ttl,
+                    "idle_timeout_s": checked.idle_timeout,
+                }
+            ),
+            encoding="utf-8",
+        )
+        DataDir._own(tmp, 0o640)
+        os.replace(tmp, data.runner_claim_file)
+        if opts.task:  # after the claim, which the runner applies before taking a task
+            tasks.queue(data, opts.task)
+    except OSError as exc:
+        raise unwritable(data.path, exc) from None
+    # Its display answered through noVNC before it was marked free, and both containers
+    # were running a moment ago: a connection to the published port is check enough here.
+    # A whole RFB exchange cost 0.3 s (x11vnc naps while nobody is connected), as much
+    # again as the rest of a claim, and the claimer's viewer pays that wait anyway.
+    if seen.endpoint is not None:
+        try:
+            socket.create_connection(seen.endpoint, timeout=2).close()
+        except OSError as exc:
+            raise SessionFailed(f"its noVNC port does not answer ({exc})") from None
+    session = _session_from(seen, settings)
+    if opts.record:
+        recordings.start(settings, session, opts.record_fps)
+        session = _get_exact(settings, engine, sid)
+    return session
+
+
 # ------------------------------------------------------------------ listing
 
 ENDED = ("exited", "expired")
 
 
+# What a claim lays over a pool session's labels (see _hand_over).
+_CLAIMED = ("name", "created", "expires", "idle-timeout", "llm", "owner", "public-host",
+            "recording")  # fmt: skip
+
+
 def _session_from(seen: Observed, settings: Settings) -> Session:
     meta = seen.meta
+    data = DataDir(Path(meta.get("data-dir") or settings.session_dir(seen.session_id)))
+    pool = _pool_state(meta, data)
+    if pool == "claimed":
+        claim = data.read_json(data.claim_file) or {}
+        meta = {**meta, **{k: str(claim[k]) for k in _CLAIMED if k in claim}}
     expires = meta.get("expires") or ""
     expires_at = datetime.fromisoformat(expires) if expires else None
     status = _status(seen.services, seen.health)
-    data = DataDir(Path(meta.get("data-dir") or settings.session_dir(seen.session_id)))
     idle = meta.get("idle-timeout", "")
     idle_timeout = int(idle) if idle.isdigit() else 0
     expired_by = ""
@@ -524,7 +746,8 @@ def _session_from(seen: Observed, settings: Settings) -> Session:
         agent_state = "unknown" if seen.services.get("agent") == "running" else "stopped"
     if agent_state == PAUSED and control == "watching":
         control = "paused"
-    view, ctl = data.vnc_secrets()
+    # A session still in the pool is nobody's: its URLs are handed out to no one.
+    view, ctl = ("", "") if pool in ("idle", "starting") else data.vnc_secrets()
     return Session(
         id=seen.session_id,
         name=meta.get("name", ""),
@@ -548,6 +771,7 @@ def _session_from(seen: Observed, settings: Settings) -> Session:
         idle_timeout_s=idle_timeout,
         last_active_at=last_active,
         expired_by=expired_by,
+        pool=pool,
     )
 
 
@@ -667,14 +891,20 @@ def artifacts(settings: Settings, ref: str | None = None) -> list[tuple[DataDir,
 
 
 def stop(
-    settings: Settings, refs: list[str], stop_all: bool = False, progress: Progress = _quiet
+    settings: Settings,
+    refs: list[str],
+    stop_all: bool = False,
+    progress: Progress = _quiet,
+    include_pool: bool = False,
 ) -> Batch:
     """Remove each session's containers, networks and volumes; keep its data dir
     (recordings finalised first, secrets deleted). Acts on every reference it can resolve
-    and reports the others in the Batch's errors."""
+    and reports the others in the Batch's errors. `stop_all` leaves the warm pool's
+    sessions that nobody claimed yet, unless `include_pool`."""
     errors: list[VncsessError] = []
     if stop_all:  # with VNCSESS_OWNER set, that owner's sessions only, as `prune`
-        targets = _owned(settings, list_sessions(settings))
+        found = _owned(settings, list_sessions(settings))
+        targets = [s for s in found if include_pool or not s.in_pool]
     else:
         targets, errors = get_many(settings, refs)
     engine = engines.load(settings)

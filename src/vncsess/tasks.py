@@ -90,18 +90,24 @@ def submit(session: Session, text: str) -> int:
             hint="your script decides what the browser does; start another session for a task",
         )
     try:
-        data.inbox.mkdir(mode=0o750, exist_ok=True)
-        DataDir._own(data.inbox, 0o750)
-        with open(data.path / "tasks.lock", "w") as lock:
-            # Two `task` at once: each gets its own number.
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            n = count(data) + 1
-            tmp = data.inbox / f".{n}.tmp"
-            tmp.write_bytes(text.encode("utf-8"))
-            DataDir._own(tmp, 0o640)
-            os.replace(tmp, data.inbox / f"{n}{TASK_SUFFIX}")
+        return queue(data, text)
     except OSError as exc:
         raise unwritable(data.inbox, exc) from None
+
+
+def queue(data: DataDir, text: str) -> int:
+    """Put TEXT into the session's inbox as its next task (also a claimed pool session's
+    first); its number. Raises OSError."""
+    data.inbox.mkdir(mode=0o750, exist_ok=True)
+    DataDir._own(data.inbox, 0o750)
+    with open(data.path / "tasks.lock", "w") as lock:
+        # Two `task` at once: each gets its own number.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        n = count(data) + 1
+        tmp = data.inbox / f".{n}.tmp"
+        tmp.write_bytes(text.encode("utf-8"))
+        DataDir._own(tmp, 0o640)
+        os.replace(tmp, data.inbox / f"{n}{TASK_SUFFIX}")
     return n
 
 

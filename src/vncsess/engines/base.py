@@ -35,6 +35,7 @@ META_KEYS = (
     "expires",  # ISO 8601 end of --ttl, or ""
     "idle-timeout",  # --idle-timeout in seconds, or ""
     "owner",  # VNCSESS_OWNER: sets a group of sessions apart (a test run, a CI job)
+    "pool",  # "1": started ahead of time for the warm pool (`pool fill`), to be claimed
 )
 
 
@@ -82,11 +83,14 @@ class SessionSpec:
     pids_limit: int = 1024
     owner: str = ""
     idle_timeout_s: int = 0  # 0 = none; see activity.py
+    # Started for the warm pool: idle, with no task, keys or limits, until `up` claims it
+    # (sessions.py writes the claim into its data dir; vnc and the runner read it there).
+    pool: bool = False
 
     @property
     def meta(self) -> dict[str, str]:
         """The metadata an engine stores with the session (see META_KEYS)."""
-        return {
+        meta = {
             "session": self.session_id,
             "name": self.name,
             "created": self.created_at,
@@ -100,6 +104,9 @@ class SessionSpec:
             "idle-timeout": str(self.idle_timeout_s) if self.idle_timeout_s else "",
             "owner": self.owner,
         }
+        if self.pool:  # only then: a session `up` started carries no pool label at all
+            meta["pool"] = "1"
+        return meta
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ LABEL_PREFIX = "vncsess."
 # Every session's vnc container publishes its port from this one bridge (see
 # ensure_display_network).
 DISPLAY_NETWORK = "vncsess-display"
+DISPLAY_NETWORK_TRIES = 4  # compose ups that met it missing or doubled (see DockerEngine.start)
 
 
 def _not_installed() -> DockerUnavailable:
@@ -218,20 +219,24 @@ def ensure_display_network(name: str = DISPLAY_NETWORK) -> None:
     networks with name"). So whoever created one keeps the oldest of that name and removes
     the others: every racer picks the same one, and an up that found it already made
     (the oldest, then) is never left without it."""
-    if _network_ids(name):
-        return
-    try:
-        _run(
-            ["network", "create", "--driver", "bridge", "--label", "vncsess.shared=display",
-             "--opt", "com.docker.network.bridge.enable_icc=false", name],
-            "creating the display network",
-        )  # fmt: skip
-    except VncsessError as exc:
-        if "already exists" not in exc.message:  # another `up` made it at the same moment
-            raise
     ids = _network_ids(name)
-    if len(ids) < 2:
+    if len(ids) == 1:
         return
+    if not ids:
+        try:
+            _run(
+                ["network", "create", "--driver", "bridge", "--label", "vncsess.shared=display",
+                 "--opt", "com.docker.network.bridge.enable_icc=false", name],
+                "creating the display network",
+            )  # fmt: skip
+        except VncsessError as exc:
+            if "already exists" not in exc.message:  # another `up` made it at the same moment
+                raise
+        ids = _network_ids(name)
+        if len(ids) < 2:
+            return
+    # Two of that name (racers' creates, seen by compose as "multiple networks" before the
+    # creators tidied up): whoever meets them keeps the oldest, as the creators do.
     # Another racer may remove one between the listing and this: inspect what is left.
     proc = commands.result([_docker(), "network", "inspect", *ids])
     try:
@@ -524,6 +529,7 @@ def compose_env(spec: SessionSpec, display_network: str = DISPLAY_NETWORK) -> di
         "RECORD": "1" if spec.record else "",
         "RECORD_FPS": str(spec.record_fps),
         "OWNER": spec.owner,
+        "POOL": "1" if spec.pool else "",
     }
 
 
@@ -572,16 +578,21 @@ class DockerEngine:
     def start(self, spec: SessionSpec) -> None:
         files, env_file = self.render(spec)
         project = project_name(spec.session_id)
-        try:
-            compose_up(project, files, env_file)
-        except VncsessError as exc:
-            # The shared display network is made on the first `up` that misses it, not
-            # looked for on every `up` (a docker call each). First `up`s racing may also
-            # meet two of that name for a moment: ensure_display_network keeps one.
-            if not display_network_trouble(exc.message):
-                raise
-            ensure_display_network()
-            compose_up(project, files, env_file)
+        for attempt in range(DISPLAY_NETWORK_TRIES):
+            try:
+                compose_up(project, files, env_file)
+                return
+            except VncsessError as exc:
+                # The shared display network is made on the first `up` that misses it, not
+                # looked for on every `up` (a docker call each). First `up`s racing may also
+                # meet two of that name for a moment: ensure_display_network keeps one. One
+                # retry was not enough: five starts at once on an engine without it (a
+                # `pool fill 5`) had one `up` meet another racer's second network right
+                # after its own retry, in 3 runs of 6.
+                if attempt + 1 == DISPLAY_NETWORK_TRIES or not display_network_trouble(exc.message):
+                    raise
+                ensure_display_network()
+                time.sleep(0.1 * attempt)
 
     def observe(self, session_id: str | None = None) -> list[Observed]:
         by_id: dict[str, list[dict[str, Any]]] = {}
