@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import Cli, project_leftovers
 from tests.test_api import TOKEN, Server, start_server
+from tests.test_pool import _wait_pool
 
 pytestmark = pytest.mark.docker
 
@@ -465,3 +466,27 @@ def test_a_wall_of_twenty_fetches_pictures_only_for_the_tiles_in_view(dash: Dash
     order = page.evaluate("() => [...document.querySelectorAll('.tile')].map(t => t.dataset.id)")
     assert _until(page, lambda: order[-1] in asked, 30), "the last tile never got its picture"
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+
+
+def test_the_warm_pool_is_counted_on_the_wall_not_shown_as_tiles(cli: Cli, browser: Any) -> None:
+    """`serve --pool 2`: two idle sessions nobody owns yet. The wall counts them apart from
+    the sessions; the one a create claims becomes a tile like any other."""
+    server = start_server(cli, "--pool", "2")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        Dash(server, page).sign_in()
+        count = page.locator("[data-field=count]")
+        # The wall relists every 30 s, and at once on the pool's own session events.
+        assert _until(page, lambda: "2 waiting in the warm pool" in count.inner_text(), 150)
+        _wait_pool(cli, 2)  # both idle (the count took starting ones too): claimable
+        assert page.locator(".tile:visible").count() == 0
+        s = server.create()
+        assert s["pool"] == "claimed"
+        page.locator(f".tile:has(a[href='/s/{s['session_id']}'])").wait_for()
+        assert _until(page, lambda: count.inner_text().startswith("1"), 60)
+    finally:
+        context.close()
+        server.stop()
+        cli.started.update(s["session_id"] for s in cli.json("pool", "ls"))

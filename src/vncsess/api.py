@@ -366,6 +366,12 @@ class SessionOut(Open):
         None, description="When the idle timeout ends the session, if nothing happens."
     )
     idle_left_s: float | None = Field(None, description="Seconds until then.")
+    pool: Literal["starting", "idle", "claimed"] | None = Field(
+        None,
+        description="The warm pool (`pool fill`, `serve --pool`): `starting` or `idle` while"
+        " it waits in the pool (nobody's yet), `claimed` once a create took it; null: started"
+        " for its own create.",
+    )
     control_url: str | None = Field(
         None, description="The interactive URL, while someone has control."
     )

@@ -131,6 +131,7 @@ export function mountWall(main) {
     field(tile, "img").alt = `The desktop of ${label(s)}`;
   }
 
+  let pooled = 0; // unclaimed warm-pool sessions (`serve --pool N`), not shown as tiles
   function render() {
     const order = [...sessions.values()].sort((a, b) => b.created_at.localeCompare(a.created_at));
     let shown = 0;
@@ -159,7 +160,8 @@ export function mountWall(main) {
         thumbs.forget(id);
       }
     }
-    setText(view, "count", listed ? `${shown === sessions.size ? "" : `${shown} of `}${sessions.size}` : "");
+    const waiting = pooled ? ` · ${pooled} waiting in the warm pool` : "";
+    setText(view, "count", listed ? `${shown === sessions.size ? "" : `${shown} of `}${sessions.size}${waiting}` : "");
     field(view, "empty").hidden = !listed || sessions.size > 0;
     field(view, "none").hidden = sessions.size === 0 || shown > 0;
   }
@@ -169,8 +171,14 @@ export function mountWall(main) {
     try {
       const found = await api.get("/v1/sessions");
       const ids = new Set();
+      pooled = 0;
       for (const s of found) {
         if (gone.has(s.session_id)) continue;
+        // A warm-pool session nobody has claimed is nobody's work yet: counted, not shown.
+        if (s.pool === "starting" || s.pool === "idle") {
+          pooled += 1;
+          continue;
+        }
         ids.add(s.session_id);
         const known = sessions.get(s.session_id);
         sessions.set(s.session_id, known ? { ...s, step: known.step } : s);
