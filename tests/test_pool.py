@@ -184,13 +184,20 @@ def _wait_pool(cli: Cli, n: int, timeout: float = 90) -> dict[str, dict[str, Any
 
 
 def test_serve_keeps_the_pool_topped_up_and_its_creates_claim(cli: Cli) -> None:
-    from tests.test_api import start_server
+    from tests.test_api import Collector, start_server
 
     server = start_server(cli, "--pool", "2")
     try:
         first = _wait_pool(cli, 2)
-        s = server.create()
+        s = server.create(name="claimed-one")
         assert s["session_id"] in first and s["pool"] == "claimed"
+        # The event stream says so, with the claimer's facts (its start announced nobody's).
+        sid = s["session_id"]
+        seen = Collector(server, f"/v1/sessions/{sid}/events?last_event_id=0")
+        claimed = seen.until("session.claimed", 30)[-1]
+        seen.close()
+        assert claimed["name"] == "claimed-one" and claimed["llm"] == s["llm"], claimed
+        assert [e["type"] for e in seen.seen].count("session.created") == 1
         refilled = _wait_pool(cli, 2)
         assert s["session_id"] not in refilled
         assert len(set(refilled) - set(first)) == 1, "one new pool session took its place"

@@ -1271,7 +1271,8 @@ async def _event_stream(
 
 _EVENTS_DOC = """Events (SSE `event:` name; the `data:` is JSON with `id`, `type`, `session_id`,
 `time` and the fields named): `session.created` (name, resolution, llm, expires_at),
-`session.ready` (novnc_port), `session.stopped`, `session.expired`, `session.failed`
+`session.ready` (novnc_port), `session.claimed` (a warm-pool session taken by a create:
+its name, resolution, llm, expires_at), `session.stopped`, `session.expired`, `session.failed`
 (service, exit_code), `agent.step` (step, url, goal, actions), `agent.paused`,
 `agent.resumed`, `agent.finished` (result), `recording.started` (name), `recording.ready`
 (name, size_bytes, duration_s).

@@ -46,6 +46,7 @@ LOG = logging.getLogger("vncsess.events")
 SESSION_EVENTS = (
     "session.created",
     "session.ready",
+    "session.claimed",
     "session.stopped",
     "session.expired",
     "session.failed",
@@ -305,6 +306,30 @@ def _scan_agent(sid: str, w: _Watched, now: float) -> list[Fact]:
     return facts
 
 
+def _claimed_fact(sid: str, data: DataDir, now: float) -> Fact | None:
+    """A warm-pool session taken by a create (`claim.json`, written by the claim): it was
+    announced as nobody's at its start, so its new owner's facts come with this one."""
+    claim = data.read_json(data.claim_file)
+    if claim is None:
+        return None
+    return Fact(
+        "session.claimed",
+        sid,
+        parse_time(claim.get("claimed_at"), now),
+        _meta({k: str(v) for k, v in claim.items() if isinstance(v, str)}),
+    )
+
+
+def _data_facts(sid: str, data: DataDir, now: float, said: set[tuple[str, str]]) -> list[Fact]:
+    """The session events a data dir holds (ready, claimed) that were not said yet."""
+    found = []
+    for kind, read in (("session.ready", _ready_fact), ("session.claimed", _claimed_fact)):
+        if (sid, kind) not in said:
+            fact = read(sid, data, now)
+            found += [fact] if fact else []
+    return found
+
+
 def _ready_fact(sid: str, data: DataDir, now: float) -> Fact | None:
     ready = data.read_json(data.ready_file)
     if ready is None:
@@ -371,8 +396,7 @@ class EventSource:
         except VncsessError as exc:
             LOG.warning("cannot read back the engine's events: %s", exc.message)
         for sid, w in self._watching():
-            ready = _ready_fact(sid, w.data, until)
-            facts += [ready] if ready else []
+            facts += _data_facts(sid, w.data, until, set())
             facts += scan(sid, w, until, live=False)
         for fact in sorted(facts, key=lambda f: f.at):
             self._publish(fact, id_floor=fact.at)
@@ -429,10 +453,9 @@ class EventSource:
             now = time.time()
             for sid, w in self._watching():
                 try:
-                    facts = scan(sid, w, now, live=True)
-                    if (sid, "session.ready") not in self._said:
-                        ready = _ready_fact(sid, w.data, now)
-                        facts = [ready, *facts] if ready else facts
+                    # A membership test (no lock): _publish says each of these once anyway.
+                    facts = _data_facts(sid, w.data, now, self._said)
+                    facts += scan(sid, w, now, live=True)
                 except Exception:  # one odd data dir must not stop the others
                     LOG.exception("reading the data dir of %s failed", sid)
                     continue

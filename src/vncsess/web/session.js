@@ -264,6 +264,7 @@ export function mountSession(main, id, { fullscreen = false, create = null, onBa
         "agent.paused": "Paused: a person took control",
         "agent.resumed": "Resumed: handed back",
         "session.ready": "The desktop is up",
+        "session.claimed": "Taken from the warm pool: the desktop was ready",
         "session.stopped": "Session stopped",
         "session.expired": "Time limit reached",
         "session.failed": `A container failed (${e.service || "?"}, exit ${e.exit_code ?? "?"})`,
@@ -498,6 +499,7 @@ export function mountSession(main, id, { fullscreen = false, create = null, onBa
         showFacts();
       },
       "session.ready": step,
+      "session.claimed": step,
       "session.stopped": (e) => {
         step(e);
         reload();

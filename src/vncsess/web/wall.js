@@ -230,6 +230,7 @@ export function mountWall(main) {
   const stream = subscribe("/v1/events", {
     "session.created": created,
     "session.ready": relistSoon,
+    "session.claimed": relistSoon, // a pool session became someone's: now it is a tile
     "session.expired": relistSoon,
     "session.failed": relistSoon,
     "session.stopped": (e) => {
