@@ -90,7 +90,7 @@ class SessionSpec:
     @property
     def meta(self) -> dict[str, str]:
         """The metadata an engine stores with the session (see META_KEYS)."""
-        meta = {
+        return {
             "session": self.session_id,
             "name": self.name,
             "created": self.created_at,
@@ -103,10 +103,10 @@ class SessionSpec:
             "expires": self.expires_at,
             "idle-timeout": str(self.idle_timeout_s) if self.idle_timeout_s else "",
             "owner": self.owner,
+            # As every other key, always there ("" for a session `up` started): compose
+            # renders the label either way, and the engines' metadata stay alike.
+            "pool": "1" if self.pool else "",
         }
-        if self.pool:  # only then: a session `up` started carries no pool label at all
-            meta["pool"] = "1"
-        return meta
 
 
 @dataclass(frozen=True)

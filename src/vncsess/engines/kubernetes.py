@@ -202,6 +202,9 @@ def render(
                 "RECORD_ON_START": "1" if spec.record else "",
                 "SESSION_TTL": ttl,
                 "SESSION_IDLE_TIMEOUT": idle,
+                # The warm pool runs on Docker only (`pool fill` refuses other engines), so
+                # this is "" here; rendered as compose renders it, to keep them alike.
+                "SESSION_POOL": "1" if spec.pool else "",
             }
         ),
         "ports": [{"name": "novnc", "containerPort": NOVNC_PORT, "protocol": "TCP"}],
@@ -242,6 +245,7 @@ def render(
                 "VNCSESS_NO_INTERNET": "1" if spec.no_internet else "",
                 "VNCSESS_TTL": ttl,
                 "VNCSESS_IDLE_TIMEOUT": idle,
+                "VNCSESS_POOL": "1" if spec.pool else "",
             }
         ),
         "securityContext": _hardened(),
