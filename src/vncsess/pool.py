@@ -11,11 +11,9 @@ VNCSESS_HOME, so a test run or a CI job fills and drains its own pool only.
 
 from __future__ import annotations
 
-import fcntl
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from vncsess import sessions
@@ -45,17 +43,10 @@ def list_pool(settings: Settings) -> list[Session]:
     return sorted(found, key=lambda s: s.created_at)
 
 
-@contextmanager
-def _fill_lock(settings: Settings) -> Iterator[None]:
+def _fill_lock(settings: Settings) -> AbstractContextManager[None]:
     """One fill at a time per cache dir (`serve --pool` and a `pool fill` at once would
     each start the missing ones)."""
-    settings.cache.mkdir(parents=True, exist_ok=True)
-    with open(settings.cache / "pool.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return sessions.cache_lock(settings, "pool.lock")
 
 
 def check_size(n: int) -> int:

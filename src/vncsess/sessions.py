@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -239,16 +239,21 @@ def _check_port_free(bind: str, port: int) -> None:
 
 
 @contextmanager
-def _name_lock(settings: Settings, name: str) -> Iterator[None]:
-    """Two `up --name X` at once: the second waits until the first's containers exist
-    (and carry the name), then sees it taken. Unnamed sessions never wait."""
+def cache_lock(settings: Settings, name: str) -> Iterator[None]:
+    """An exclusive lock across processes (CLI, `serve`), on a file in the cache dir."""
     settings.cache.mkdir(parents=True, exist_ok=True)
-    with open(settings.cache / "names.lock", "w") as fh:
+    with open(settings.cache / name, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _name_lock(settings: Settings, name: str) -> AbstractContextManager[None]:
+    """Two `up --name X` at once: the second waits until the first's containers exist
+    (and carry the name), then sees it taken. Unnamed sessions never wait."""
+    return cache_lock(settings, "names.lock")
 
 
 def _check_name_free(settings: Settings, engine: Engine, name: str) -> None:
