@@ -24,8 +24,8 @@ pytestmark = pytest.mark.docker
 FAST = "0"  # VNCSESS_DEMO_STEP_DELAY: the demo model without its pauses
 
 
-def _fill(cli: Cli, n: int, *args: str) -> list[str]:
-    proc = cli.run("pool", "fill", str(n), "--json", *args)
+def _fill(cli: Cli, n: int, *args: str, **env: str) -> list[str]:
+    proc = cli.run_with(["pool", "fill", str(n), "--json", *args], env)
     assert proc.returncode == 0, f"pool fill failed ({proc.returncode}): {proc.stderr}"
     ids: list[str] = json.loads(proc.stdout)["pool"]
     cli.started.update(ids)  # the fixture stops them, claimed or not
@@ -103,15 +103,18 @@ def test_a_claim_gets_fresh_secrets_and_the_old_ones_are_refused(cli: Cli) -> No
 
 
 def test_a_demo_task_runs_in_a_pooled_session(cli: Cli) -> None:
-    (sid,) = _fill(cli, 1)
+    # Filled with a slow demo model; the claimer's own setting must be the one applied.
+    (sid,) = _fill(cli, 1, VNCSESS_DEMO_STEP_DELAY="9")
     s = cli.up("--task", "demo", "--ttl", "10m", VNCSESS_DEMO_STEP_DELAY=FAST)
     assert s["session_id"] == sid and s["pool"] == "claimed"
     assert s["expires_at"] is not None
     proc = cli.run("wait", sid, "--timeout", "120", "--json")
-    assert proc.returncode == 0, proc.stderr + cli.run("logs", sid).stdout[-3000:]
+    logs = cli.run("logs", sid, "--service", "agent").stdout
+    assert proc.returncode == 0, proc.stderr + logs[-3000:]
     res = json.loads(proc.stdout)["result"]
     assert res["success"] is True and res["task"] == 1
     assert "The demo secret is: vnc-rocks-42" in res["final_text"]
+    assert f"demo_step_delay={FAST} " in logs, logs[-3000:]
 
 
 def test_a_pooled_session_takes_the_claimers_model_and_keys(

@@ -271,6 +271,9 @@ class Runner:
         steps = claim.get("max_steps")
         if isinstance(steps, int) and steps > 0:
             self.s.max_steps = steps
+        delay = claim.get("demo_step_delay")
+        if isinstance(delay, (int, float)) and delay >= 0:
+            self.s.demo_step_delay = float(delay)
         warnings: list[str] = []
         self.s.llm_env = settings_mod.load_llm_env(self.s.secrets_dir, warnings)
         self.redact.add(self.s.secret_values)
@@ -278,9 +281,11 @@ class Runner:
             LOG.warning("%s", warning)
         ttl, idle = claim.get("ttl_s"), claim.get("idle_timeout_s")
         LOG.info(
-            "claimed from the pool: llm=%s max_steps=%d ttl=%s idle_timeout=%s%s",
+            "claimed from the pool: llm=%s max_steps=%d demo_step_delay=%g ttl=%s"
+            " idle_timeout=%s%s",
             self.s.llm,
             self.s.max_steps,
+            self.s.demo_step_delay,
             ttl or "-",
             idle or "-",
             f"; llm env: loaded {', '.join(self.s.llm_env_names)}" if self.s.llm_env else "",

@@ -250,7 +250,7 @@ def cache_lock(settings: Settings, name: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _name_lock(settings: Settings, name: str) -> AbstractContextManager[None]:
+def _name_lock(settings: Settings) -> AbstractContextManager[None]:
     """Two `up --name X` at once: the second waits until the first's containers exist
     (and carry the name), then sees it taken. Unnamed sessions never wait."""
     return cache_lock(settings, "names.lock")
@@ -399,7 +399,7 @@ def _start(
     if opts.port is not None:
         _check_port_free(settings.bind, opts.port)
 
-    with _name_lock(settings, opts.name) if opts.name else nullcontext():
+    with _name_lock(settings) if opts.name else nullcontext():
         if opts.name:
             _check_name_free(settings, engine, opts.name)
         session_id = secrets.token_hex(4)
@@ -609,7 +609,7 @@ def _claim(
     if not seen:
         return None
     random.shuffle(seen)  # `up`s at once try different ones first: fewer lost renames
-    with _name_lock(settings, opts.name) if opts.name else nullcontext():
+    with _name_lock(settings) if opts.name else nullcontext():
         if opts.name:
             _check_name_free(settings, engine, opts.name)
         for o in seen:
