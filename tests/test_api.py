@@ -380,6 +380,7 @@ def test_events_of_a_demo_task_arrive_in_order_and_replay(cli: Cli, server: Serv
 
     kinds = _kinds(events)
     assert kinds[:3] == ["session.created", "session.ready", "agent.step:1"], kinds
+    assert events[0]["pool"] is False and events[0]["llm"] == "demo", events[0]
     assert (
         kinds.index("agent.paused") < kinds.index("agent.resumed") < kinds.index("agent.finished")
     )

@@ -468,6 +468,16 @@ def test_a_wall_of_twenty_fetches_pictures_only_for_the_tiles_in_view(dash: Dash
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
 
 
+_TILES_EVER = """() => {
+  window.tilesEver = [];
+  new MutationObserver((changes) => {
+    for (const c of changes)
+      for (const n of c.addedNodes)
+        if (n.classList?.contains('tile')) window.tilesEver.push(n.dataset.id);
+  }).observe(document.body, { childList: true, subtree: true });
+}"""
+
+
 def test_the_warm_pool_is_counted_on_the_wall_not_shown_as_tiles(cli: Cli, browser: Any) -> None:
     """`serve --pool 2`: two idle sessions nobody owns yet. The wall counts them apart from
     the sessions; the one a create claims becomes a tile like any other."""
@@ -477,15 +487,21 @@ def test_the_warm_pool_is_counted_on_the_wall_not_shown_as_tiles(cli: Cli, brows
         page = context.new_page()
         page.set_default_timeout(60_000)
         Dash(server, page).sign_in()
+        # Every tile ever put on the wall, however briefly: a pool session's start is none.
+        page.evaluate(_TILES_EVER)
         count = page.locator("[data-field=count]")
         # The wall relists every 30 s, and at once on the pool's own session events.
         assert _until(page, lambda: "2 waiting in the warm pool" in count.inner_text(), 150)
         _wait_pool(cli, 2)  # both idle (the count took starting ones too): claimable
         assert page.locator(".tile:visible").count() == 0
+        assert page.evaluate("window.tilesEver") == [], "a pool session was shown as a tile"
         s = server.create()
         assert s["pool"] == "claimed"
         page.locator(f".tile:has(a[href='/s/{s['session_id']}'])").wait_for()
-        assert _until(page, lambda: count.inner_text().startswith("1"), 60)
+        # The keeper starts one in its place while the page watches: counted, never a tile.
+        refilled = "1 · 2 waiting in the warm pool"
+        assert _until(page, lambda: count.inner_text() == refilled, 120), count.inner_text()
+        assert set(page.evaluate("window.tilesEver")) == {s["session_id"]}
     finally:
         context.close()
         server.stop()

@@ -219,6 +219,8 @@ def _meta(meta: dict[str, str]) -> dict[str, Any]:
         "resolution": meta.get("resolution", ""),
         "llm": meta.get("llm", ""),
         "expires_at": meta.get("expires") or None,
+        # An unclaimed warm-pool session: a face that shows people's sessions leaves it out.
+        "pool": meta.get("pool") == "1",
     }
 
 
@@ -392,6 +394,7 @@ class EventSource:
                 self._watch(s.id, s.data_dir)
                 meta = {"name": s.name, "resolution": s.resolution, "llm": s.llm}
                 meta["expires"] = s.expires_at.isoformat() if s.expires_at else ""
+                meta["pool"] = "1" if s.in_pool else ""
                 facts.append(Fact("session.created", s.id, s.created_at.timestamp(), _meta(meta)))
         except VncsessError as exc:
             LOG.warning("cannot read back the engine's events: %s", exc.message)

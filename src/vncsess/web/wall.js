@@ -209,7 +209,8 @@ export function mountWall(main) {
 
   // A new session's tile comes from its event at once (the listing then fills it in).
   function created(e) {
-    if (!sessions.has(e.session_id) && !gone.has(e.session_id)) {
+    // A warm-pool session is counted by the listing, and becomes a tile once claimed.
+    if (!e.pool && !sessions.has(e.session_id) && !gone.has(e.session_id)) {
       sessions.set(e.session_id, {
         session_id: e.session_id,
         name: e.name || "",
