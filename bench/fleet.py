@@ -462,7 +462,7 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2, help="fleet rounds per tree")
     ap.add_argument("--runs", type=int, default=5, help="first-frame and ls runs")
-    ap.add_argument("--settle", type=float, default=20.0, help="seconds before idle CPU")
+    ap.add_argument("--settle", type=float, default=60.0, help="seconds before idle CPU")
     ap.add_argument("--window", type=float, default=30.0, help="seconds of idle CPU measured")
     ap.add_argument("--before", help="a git ref to compare with (e.g. main)")
     ap.add_argument("--before-images", default="vncsess-vnc,vncsess-agent",
