@@ -308,40 +308,27 @@ def _scan_agent(sid: str, w: _Watched, now: float) -> list[Fact]:
     return facts
 
 
-def _claimed_fact(sid: str, data: DataDir, now: float) -> Fact | None:
-    """A warm-pool session taken by a create (`claim.json`, written by the claim): it was
-    announced as nobody's at its start, so its new owner's facts come with this one."""
-    claim = data.read_json(data.claim_file)
-    if claim is None:
-        return None
-    return Fact(
-        "session.claimed",
-        sid,
-        parse_time(claim.get("claimed_at"), now),
-        _meta({k: str(v) for k, v in claim.items() if isinstance(v, str)}),
-    )
-
-
 def _data_facts(sid: str, data: DataDir, now: float, said: set[tuple[str, str]]) -> list[Fact]:
-    """The session events a data dir holds (ready, claimed) that were not said yet."""
+    """The session events a data dir holds that were not said yet: `session.ready`
+    (ready.json, written by `up`) and `session.claimed` (claim.json, written by a claim of
+    a warm-pool session, announced as nobody's at its start: its new owner's facts)."""
     found = []
-    for kind, read in (("session.ready", _ready_fact), ("session.claimed", _claimed_fact)):
-        if (sid, kind) not in said:
-            fact = read(sid, data, now)
-            found += [fact] if fact else []
+    for kind, path, at_key, facts_of in (
+        ("session.ready", data.ready_file, "at", _ready_data),
+        ("session.claimed", data.claim_file, "claimed_at", _claimed_data),
+    ):
+        written = None if (sid, kind) in said else data.read_json(path)
+        if written is not None:
+            found.append(Fact(kind, sid, parse_time(written.get(at_key), now), facts_of(written)))
     return found
 
 
-def _ready_fact(sid: str, data: DataDir, now: float) -> Fact | None:
-    ready = data.read_json(data.ready_file)
-    if ready is None:
-        return None
-    return Fact(
-        "session.ready",
-        sid,
-        parse_time(ready.get("at"), now),
-        {"novnc_port": ready.get("novnc_port")},
-    )
+def _ready_data(ready: dict[str, Any]) -> dict[str, Any]:
+    return {"novnc_port": ready.get("novnc_port")}
+
+
+def _claimed_data(claim: dict[str, Any]) -> dict[str, Any]:
+    return _meta({k: v for k, v in claim.items() if isinstance(v, str)})
 
 
 # ---------------------------------------------------------------- the source
