@@ -183,6 +183,10 @@ def connect_upstream(host: str, port: int) -> Any:
         open_timeout=10,
         ping_interval=None,  # websockify does not need them; the viewer's side has its own
         compression=None,
+        # Leaving waits for websockify's answer to our close. Busy sending a frame nobody
+        # reads any more, it may not answer soon, and the viewer's socket is closed only
+        # after this one: by default up to 10 s after a link was revoked.
+        close_timeout=1,
     )
 
 
