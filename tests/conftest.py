@@ -84,10 +84,11 @@ def docker_ready(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.skip(problem)
     yield
     _sweep()
-    # vncsess creates one shared display network on first use and keeps it. The tests
-    # leave the engine as they found it: remove it if no session (ours or a user's) uses it
-    # (docker refuses while a container is attached, which is the check).
-    subprocess.run(["docker", "network", "rm", "vncsess-display"], capture_output=True, check=False)
+    # vncsess creates its shared networks on first use and keeps them. The tests leave the
+    # engine as they found it: remove each that no session (ours or a user's) uses (docker
+    # refuses while a container is attached, which is the check).
+    for network in ("vncsess-display", "vncsess-agents", "vncsess-agents-offline"):
+        subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
 
 
 def _sweep() -> None:
@@ -241,22 +242,25 @@ def docker_json(*args: str) -> Any:
     return json.loads(r.stdout)
 
 
-# A session whose agent talks to the scripted OpenAI-compatible server (see scripted_llm).
-LLM_FLAGS = ("--llm", "openai:scripted-model", "--base-url", "http://llm:8000/v1")
+# A session whose agent talks to the scripted OpenAI-compatible server (see scripted_llm),
+# which shares the agent's network namespace: its loopback.
+LLM_FLAGS = ("--llm", "openai:scripted-model", "--base-url", "http://127.0.0.1:8000/v1")
 
 
 @pytest.fixture
 def scripted_llm(cli: Cli) -> Iterator[Callable[..., dict[str, Any]]]:
-    """Start the scripted OpenAI-compatible server in a container of the agent image,
-    attached to a session's agent network as `llm`. Returns a function that reads /calls."""
+    """Start the scripted OpenAI-compatible server in a container of the agent image, in
+    the network namespace of a session's agent (the agents' shared network lets no container
+    reach another): the agent reaches it on its loopback, as it would a model server a user
+    runs the same way. Returns a function that reads /calls."""
     started: list[str] = []
 
     def start(session_id: str, mode: str = "normal") -> Callable[[], dict[str, Any]]:
         name = f"vncsess-test-llm-{session_id}"
         subprocess.run(
-            ["docker", "run", "-d", "--name", name, "--network", f"vncsess-{session_id}_agent",
-             "--label", f"vncsess.test-helper={RUN_OWNER}",
-             "--network-alias", "llm", "--read-only", "--cap-drop", "ALL",
+            ["docker", "run", "-d", "--name", name,
+             "--network", f"container:vncsess-{session_id}-agent-1",
+             "--label", f"vncsess.test-helper={RUN_OWNER}", "--read-only", "--cap-drop", "ALL",
              "-v", f"{ROOT / 'tests' / 'fixtures'}:/fixtures:ro",
              "--entrypoint", "/opt/venv/bin/python", AGENT_IMAGE,
              "/fixtures/scripted_openai_server.py", "8000", mode],

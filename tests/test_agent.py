@@ -105,7 +105,7 @@ def test_a_browser_crash_mid_task_fails_the_result_and_says_how(cli: Cli) -> Non
 
 def _task_session(cli: Cli, task: str, *extra: str) -> dict[str, Any]:
     # An agent started this way keeps retrying the model for a few seconds, which gives the
-    # test time to attach the scripted server to the session's network.
+    # test time to start the scripted server beside it.
     return cli.up("--task", task, *LLM_FLAGS, *extra)
 
 
@@ -128,7 +128,7 @@ def test_chatopenai_path_against_a_scripted_server(
     assert all(r["model"] == "scripted-model" for r in seen["requests"])
     key_sha = hashlib.sha256(b"sk-test-scripted").hexdigest()
     assert {r["key_sha256"] for r in seen["requests"]} == {key_sha}
-    assert any(u.startswith("http://llm:8000/page") for u in res["urls"])
+    assert any(u.startswith("http://127.0.0.1:8000/page") for u in res["urls"])
 
 
 @pytest.mark.parametrize(
@@ -157,8 +157,8 @@ def test_a_broken_model_gives_a_failed_result(
     stop = cli.run("stop", s["session_id"])
     assert stop.returncode == 0
     cli.started.discard(s["session_id"])
-    # The scripted server, a container from outside the session, is still attached to the
-    # session's network: stop detaches it and removes the network all the same.
+    # The scripted server, a container from outside the session, still shares the agent's
+    # network namespace: stop removes the session all the same.
     assert project_leftovers(s["session_id"]) == []
 
 

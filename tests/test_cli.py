@@ -396,11 +396,6 @@ def test_address_pools_left() -> None:
     # Two small networks inside one /24 slot take that one slot.
     pool = [("10.201.0.0/16", 24)]
     assert doctor.pools_left(pool, ["10.201.3.0/26", "10.201.3.64/26", "10.201.0.0/23"]) == 253
-    # A fresh engine: 30 networks left after docker0; the first session also makes the
-    # shared display network, so 29 sessions fit (the figure README and docs/ give).
-    assert doctor.sessions_fit(30, display_network_exists=False) == 29
-    assert doctor.sessions_fit(29, display_network_exists=True) == 29
-    assert doctor.sessions_fit(1, display_network_exists=False) == 0
 
 
 def test_doctor_problem_means_nonzero() -> None:

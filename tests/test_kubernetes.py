@@ -37,6 +37,7 @@ from vncsess import config, engines, models, recordings, sessions
 from vncsess.cli import app
 from vncsess.datadir import DataDir, new_secrets
 from vncsess.engines.base import SessionSecrets, SessionSpec
+from vncsess.engines.docker import SHARED_NETWORKS
 from vncsess.engines.kubernetes import (
     KubernetesEngine,
     exit_status,
@@ -508,7 +509,8 @@ def compose_record(project: dict[str, Any]) -> dict[str, Any]:
             },
         }
     agent_net = project["networks"][next(iter(project["services"]["agent"]["networks"]))]
-    out["browser_egress"] = "none" if agent_net.get("internal") else "internet"
+    internal = agent_net.get("internal") or SHARED_NETWORKS.get(agent_net.get("name", ""))
+    out["browser_egress"] = "none" if internal else "internet"
     return out
 
 

@@ -356,7 +356,7 @@ def test_first_ups_at_once_leave_one_display_network(docker_ready: None) -> None
     try:
         for _ in range(3):
             with ThreadPoolExecutor(max_workers=10) as pool:
-                list(pool.map(lambda _: docker.ensure_display_network(name), range(10)))
+                list(pool.map(lambda _: docker.ensure_network(name), range(10)))
             ids = networks()
             assert len(ids) == 1, f"one network, not several: {ids}"
             subprocess.run(["docker", "network", "rm", *ids], check=True, capture_output=True)
@@ -365,24 +365,29 @@ def test_first_ups_at_once_leave_one_display_network(docker_ready: None) -> None
             subprocess.run(["docker", "network", "rm", left], capture_output=True, check=False)
 
 
-def test_an_up_on_an_engine_without_the_display_network_makes_it(cli: Cli) -> None:
-    """A fresh engine has no shared display network: the first `up` must make it, whatever
-    words this compose uses to say it is missing (CI's clean engine met "declared as
-    external, but could not be found", which the retry did not know, and refused them all)."""
-    gone = subprocess.run(
-        ["docker", "network", "rm", "vncsess-display"], capture_output=True, text=True, check=False
-    )
-    still_there = (
-        subprocess.run(
-            ["docker", "network", "inspect", "vncsess-display"], capture_output=True, check=False
-        ).returncode
-        == 0
-    )
-    if still_there:  # a session outside this run is attached: docker refused the rm
-        problem = f"the display network is in use by another session: {gone.stderr.strip()}"
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+@pytest.mark.parametrize("flags", [(), ("--no-internet",)], ids=["agents", "offline"])
+def test_an_up_on_an_engine_without_the_shared_networks_makes_them(
+    cli: Cli, flags: tuple[str, ...]
+) -> None:
+    """A fresh engine has none of the shared networks: the first `up` must make both of
+    its session's, whatever words this compose uses to say one is missing (CI's clean engine
+    met "declared as external, but could not be found", which the retry did not know, and
+    refused them all), and compose names only one at a time."""
+    wanted = ["vncsess-display", "vncsess-agents-offline" if flags else "vncsess-agents"]
+    for network in wanted:
+        gone = subprocess.run(
+            ["docker", "network", "rm", network], capture_output=True, text=True, check=False
+        )
+        inspect = ["docker", "network", "inspect", network]
+        if subprocess.run(inspect, capture_output=True, check=False).returncode == 0:
+            # a session outside this run is attached: docker refused the rm
+            problem = f"{network} is in use by another session: {gone.stderr.strip()}"
+            if os.environ.get("CI"):
+                pytest.fail(problem)
+            pytest.skip(problem)
+    s = cli.up(*flags)
+    agent = docker_json("inspect", f"vncsess-{s['session_id']}-agent-1")[0]
+    assert set(agent["NetworkSettings"]["Networks"]) == {wanted[1]}
     s = cli.up()
     assert s["status"] == "running"
     with RfbClient("127.0.0.1", s["novnc_port"]) as rfb:

@@ -457,17 +457,21 @@ def test_the_waiting_page_stands_still() -> None:
     assert moving == []
 
 
+DISPLAY = "vncsess-display"
+
+
 @pytest.mark.parametrize(
     ("message", "trouble"),
     [
-        ("network vncsess-display declared as external, but could not be found", True),
-        ("network vncsess-display not found", True),
-        ("multiple networks with name vncsess-display", True),
-        ("network vncsess-other declared as external, but could not be found", False),
-        ("vncsess-display: port is already allocated", False),
+        ("network vncsess-display declared as external, but could not be found", [DISPLAY]),
+        ("network vncsess-agents not found", ["vncsess-agents"]),
+        ("network vncsess-agents-offline not found", ["vncsess-agents-offline"]),
+        ("multiple networks with name vncsess-display", [DISPLAY]),
+        ("network vncsess-other declared as external, but could not be found", []),
+        ("vncsess-display: port is already allocated", []),
     ],
 )
-def test_the_display_network_retry_knows_compose_s_words(message: str, trouble: bool) -> None:
-    from vncsess.engines.docker import display_network_trouble
+def test_the_network_retry_knows_compose_s_words(message: str, trouble: list[str]) -> None:
+    from vncsess.engines.docker import network_trouble
 
-    assert display_network_trouble(message) is trouble
+    assert network_trouble(message) == trouble

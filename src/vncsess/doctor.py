@@ -221,25 +221,24 @@ def pools_left(pools: list[tuple[str, int]], subnets: list[str]) -> int:
     return left
 
 
-def sessions_fit(networks_left: int, display_network_exists: bool) -> int:
-    """Sessions that fit in the networks left: one agent network each, and the first one
-    on this engine also makes the shared display network."""
-    return max(networks_left - (0 if display_network_exists else 1), 0)
-
-
 def _address_pools() -> Check:
+    """Sessions share vncsess's networks (display, agents, offline agents): only those not
+    made yet need a place in Docker's address pools, however many sessions run."""
     pools, source = _pools()
     left = pools_left(pools, docker.network_subnets())
-    fit = sessions_fit(left, docker.display_network_exists())
-    summary = f"{left} more networks can be made ({source}): about {fit} more sessions"
-    fix = (
-        'add "default-address-pools": [{"base": "10.201.0.0/16", "size": 24}] to '
-        "/etc/docker/daemon.json and restart Docker (256 networks), or stop sessions"
+    missing = docker.shared_networks_missing()
+    shared = len(docker.SHARED_NETWORKS)
+    summary = (
+        f"sessions share {shared} networks, {shared - len(missing)} made; "
+        f"{left} more can be made ({source})"
     )
-    if fit < 1:
+    if left < len(missing):
+        fix = (
+            'remove networks you no longer use (docker network prune), or add "default-address-'
+            'pools": [{"base": "10.201.0.0/16", "size": 24}] to /etc/docker/daemon.json and '
+            "restart Docker"
+        )
         return Check("address pools", PROBLEM, summary, fix)
-    if fit < 4:
-        return Check("address pools", WARNING, summary, fix)
     return Check("address pools", OK, summary)
 
 

@@ -35,10 +35,15 @@ if TYPE_CHECKING:
 SESSION_LABEL = "vncsess.session"
 PROJECT_LABEL = "com.docker.compose.project"
 LABEL_PREFIX = "vncsess."
-# Every session's vnc container publishes its port from this one bridge (see
-# ensure_display_network).
+# Every session's containers join shared bridges with inter-container traffic off (see
+# ensure_network): the vnc containers publish their ports from the display network, the
+# agents reach the internet from theirs, or nothing beyond this machine from the offline
+# one (`--no-internet`, an internal network). Name -> internal.
 DISPLAY_NETWORK = "vncsess-display"
-DISPLAY_NETWORK_TRIES = 4  # compose ups that met it missing or doubled (see DockerEngine.start)
+AGENT_NETWORK = "vncsess-agents"
+OFFLINE_NETWORK = "vncsess-agents-offline"
+SHARED_NETWORKS = {DISPLAY_NETWORK: False, AGENT_NETWORK: False, OFFLINE_NETWORK: True}
+NETWORK_TRIES = 4  # compose ups that met a shared network missing or doubled (DockerEngine.start)
 
 
 def _not_installed() -> DockerUnavailable:
@@ -208,11 +213,13 @@ def remove_untagged(image_ids: Sequence[str]) -> None:
 # ---------------------------------------------------------------- compose projects
 
 
-def ensure_display_network(name: str = DISPLAY_NETWORK) -> None:
-    """The bridge every session's vnc container publishes its port from, with
-    inter-container traffic off: one shared network instead of one per session, because
-    Docker's default address pools hold only 31 networks, and sessions on it still
-    cannot reach each other (ICC disabled), only the host's port mapping reaches them.
+def ensure_network(name: str, internal: bool = False) -> None:
+    """Make the shared bridge NAME (internal: routed nowhere beyond this machine) with
+    inter-container traffic off, unless it is there. Sessions share these few networks
+    instead of one each: Docker's default address pools hold only 31 networks, dockerd
+    creates and removes networks one at a time (0.2 s each, most of what `stop` of 16
+    sessions cost), and sessions on them still cannot reach each other (ICC disabled); only
+    the host reaches their containers, and the display's port mapping.
 
     Docker does not refuse a second network of the same name when two creates race (two
     first `up`s at once: seen with ten), and compose then refuses every session ("multiple
@@ -225,9 +232,10 @@ def ensure_display_network(name: str = DISPLAY_NETWORK) -> None:
     if not ids:
         try:
             _run(
-                ["network", "create", "--driver", "bridge", "--label", "vncsess.shared=display",
+                ["network", "create", "--driver", "bridge", "--label", "vncsess.shared=1",
+                 *(["--internal"] if internal else []),
                  "--opt", "com.docker.network.bridge.enable_icc=false", name],
-                "creating the display network",
+                f"creating the network {name}",
             )  # fmt: skip
         except VncsessError as exc:
             if "already exists" not in exc.message:  # another `up` made it at the same moment
@@ -260,18 +268,20 @@ def _age(network: dict[str, Any]) -> tuple[str, str, str]:
     return base, fraction.ljust(9, "0"), str(network.get("Id", ""))
 
 
-def display_network_trouble(message: str, name: str = DISPLAY_NETWORK) -> bool:
-    """Whether compose refused an `up` for want of the shared display network (never made,
-    or removed since) or for meeting two of that name. Compose words it differently across
-    versions: "network X declared as external, but could not be found" (v2.x here),
-    "network X not found", "multiple networks with name X"."""
-    if name not in message:
-        return False
-    return bool(re.search(r"could not be found|not found|multiple networks", message))
+def network_trouble(message: str) -> list[str]:
+    """The shared networks compose refused an `up` for: never made, removed since, or met
+    twice by that name. Compose words it differently across versions: "network X declared
+    as external, but could not be found" (v2.x here), "network X not found", "multiple
+    networks with name X"."""
+    if not re.search(r"could not be found|not found|multiple networks", message):
+        return []
+    return [n for n in SHARED_NETWORKS if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", message)]
 
 
-def display_network_exists(name: str = DISPLAY_NETWORK) -> bool:
-    return bool(_network_ids(name))
+def shared_networks_missing() -> list[str]:
+    """The shared networks not made yet on this engine (one listing)."""
+    text = _run(["network", "ls", "--format", "{{.Name}}"], "docker network ls")
+    return [n for n in SHARED_NETWORKS if n not in text.split()]
 
 
 def compose_up(project: str, files: Sequence[Path], env_file: Path) -> None:
@@ -306,8 +316,8 @@ def remove_projects(projects: Sequence[str], timeout: int = 5) -> None:
     stops and removes the containers it is given side by side, agents and displays at once:
     compose stops an agent before its display, but an agent writes its result as soon as
     it gets SIGTERM, and waiting for all agents before any display doubled the wait (16
-    sessions at load 50: 4.1 s, then 4.3 s). dockerd removes networks one at a time
-    (about 0.2 s each), which is most of what is left."""
+    sessions at load 50: 4.1 s, then 4.3 s). Sessions join shared networks, which stay;
+    a network of a project's own is from a session made before they were shared."""
     wanted = set(projects)
     if not wanted:
         return
@@ -325,8 +335,8 @@ def remove_projects(projects: Sequence[str], timeout: int = 5) -> None:
     networks = [name for name, _, _ in _project_objects("network", wanted)]
     if networks and commands.result([_docker(), "network", "rm", *networks]).returncode != 0:
         # What is still there: a network that a container from outside the project was
-        # attached to (a model server a user joined to the session's network). Detach the
-        # strangers, then remove it.
+        # attached to (a model server a user joined to an older session's network). Detach
+        # the strangers, then remove it.
         for network in [n for n, _, _ in _project_objects("network", wanted)]:
             _detach_all(network)
             with contextlib.suppress(VncsessError):
@@ -497,7 +507,12 @@ def _observed(session_id: str, containers: list[dict[str, Any]], bind: str) -> O
     )
 
 
-def compose_env(spec: SessionSpec, display_network: str = DISPLAY_NETWORK) -> dict[str, str]:
+def session_networks(spec: SessionSpec) -> tuple[str, str]:
+    """The shared networks a session joins: its display's, and its agent's."""
+    return DISPLAY_NETWORK, OFFLINE_NETWORK if spec.no_internet else AGENT_NETWORK
+
+
+def compose_env(spec: SessionSpec) -> dict[str, str]:
     """The values compose interpolates into session.yml (written as session.env)."""
     return {
         "SESSION_ID": spec.session_id,
@@ -511,7 +526,8 @@ def compose_env(spec: SessionSpec, display_network: str = DISPLAY_NETWORK) -> di
         "PUBLIC_HOST": spec.public_host,
         "BIND": spec.bind,
         "NOVNC_PORT": str(spec.port) if spec.port else "",
-        "DISPLAY_NETWORK": display_network,
+        "DISPLAY_NETWORK": session_networks(spec)[0],
+        "AGENT_NETWORK": session_networks(spec)[1],
         "VNC_IMAGE": spec.vnc_image,
         "AGENT_IMAGE": spec.agent_image,
         "VNCSESS_UID": str(spec.uid),
@@ -546,21 +562,16 @@ class DockerEngine:
         require_compose(self.settings.cache)
 
     def render(self, spec: SessionSpec, into: Path | None = None) -> tuple[list[Path], Path]:
-        """Copy the compose template (and the no-internet override) into the data dir (or
-        INTO) and write session.env beside it: the session is then reproducible with plain
-        `docker compose` from there."""
+        """Copy the compose template into the data dir (or INTO) and write session.env
+        beside it: the session is then reproducible with plain `docker compose` from
+        there."""
         from vncsess.datadir import DataDir, env_text
         from vncsess.images import asset_dir
 
-        src, data = asset_dir("compose"), DataDir(into or spec.data_dir)
-        files = [data.compose_file]
-        shutil.copyfile(src / "session.yml", data.compose_file)
-        if spec.no_internet:
-            files.append(data.path / "no-internet.yml")
-            shutil.copyfile(src / "no-internet.yml", files[1])
-        env = compose_env(spec)
-        data.env_file.write_text(env_text(env))
-        return files, data.env_file
+        data = DataDir(into or spec.data_dir)
+        shutil.copyfile(asset_dir("compose") / "session.yml", data.compose_file)
+        data.env_file.write_text(env_text(compose_env(spec)))
+        return [data.compose_file], data.env_file
 
     def plan(self, spec: SessionSpec) -> str:
         """The compose project as `docker compose config` resolves it (secrets are files
@@ -578,20 +589,22 @@ class DockerEngine:
     def start(self, spec: SessionSpec) -> None:
         files, env_file = self.render(spec)
         project = project_name(spec.session_id)
-        for attempt in range(DISPLAY_NETWORK_TRIES):
+        for attempt in range(NETWORK_TRIES):
             try:
                 compose_up(project, files, env_file)
                 return
             except VncsessError as exc:
-                # The shared display network is made on the first `up` that misses it, not
-                # looked for on every `up` (a docker call each). First `up`s racing may also
-                # meet two of that name for a moment: ensure_display_network keeps one. One
-                # retry was not enough: five starts at once on an engine without it (a
+                # The shared networks are made by the first `up` that misses one, not looked
+                # for on every `up` (a docker call each). First `up`s racing may also meet
+                # two of a name for a moment: ensure_network keeps one. One retry was not
+                # enough: five starts at once on an engine without the display network (a
                 # `pool fill 5`) had one `up` meet another racer's second network right
                 # after its own retry, in 3 runs of 6.
-                if attempt + 1 == DISPLAY_NETWORK_TRIES or not display_network_trouble(exc.message):
+                # Compose names one missing network at a time: make both of the session's.
+                if attempt + 1 == NETWORK_TRIES or not network_trouble(exc.message):
                     raise
-                ensure_display_network()
+                for name in session_networks(spec):
+                    ensure_network(name, SHARED_NETWORKS[name])
                 time.sleep(0.1 * attempt)
 
     def observe(self, session_id: str | None = None) -> list[Observed]:
