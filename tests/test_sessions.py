@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RUN_OWNER, Cli, _diagnose, _sweep, docker_json, project_leftovers
+from tests.conftest import (
+    RUN_OWNER,
+    VNC_IMAGE,
+    Cli,
+    _diagnose,
+    _sweep,
+    docker_json,
+    project_leftovers,
+)
 from vncsess.rfb import RfbClient
 
 pytestmark = pytest.mark.docker
@@ -35,10 +43,31 @@ def test_up_serves_novnc_with_a_framebuffer_of_the_requested_size(cli: Cli) -> N
     )
     page = urllib.request.urlopen(s["novnc_url"], timeout=5).read().decode()
     assert "noVNC" in page
+    # What `up` waited for: the display's own word that it answers.
+    assert (Path(s["data_dir"]) / "activity" / "display-ready").read_text().strip().isdigit()
     with RfbClient("127.0.0.1", s["novnc_port"]) as rfb:
         init = rfb.login(_secret(s["novnc_url"]))
         assert (init.width, init.height) == (1024, 600)
         assert len(rfb.frame()) == 1024 * 600 * init.bits_per_pixel // 8
+
+
+def test_the_display_says_it_is_ready_only_once_it_answers(
+    docker_ready: None, tmp_path: Path
+) -> None:
+    """`up` waits for activity/display-ready, not for x11vnc's banner (which a new client
+    gets 0.1-0.3 s late while nobody is connected), so the vnc container must write it only
+    once the display answers. With no display at all, its session program writes nothing;
+    every other `up` in these tests is the case where it does."""
+    activity = tmp_path / "activity"
+    activity.mkdir(mode=0o777)
+    activity.chmod(0o777)
+    proc = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "-v", f"{activity}:/activity",
+         "--entrypoint", "timeout", VNC_IMAGE, "2", "vnc-service", "session"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 124, proc.stderr  # still waiting for the display when cut off
+    assert not (activity / "display-ready").exists()
 
 
 def test_ls_inspect_logs_and_stop(cli: Cli) -> None:

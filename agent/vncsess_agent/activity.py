@@ -24,6 +24,9 @@ small text file per source, each the Unix time (whole seconds) it last saw activ
   claim     `TTL_S IDLE_S`: a warm-pool session's limits, written by the `up` that claimed
             it (vncsess); the vnc container counts both from when it sees it. `start` is
             written again at the claim.
+  display-ready  the time the display first answered: Xvfb, and x11vnc and websockify
+            accepting connections (vnc container). `up` waits for it, not for x11vnc's
+            banner, which a new client gets 0.1-0.3 s late while nobody is connected.
 
 An empty file is one being written at this very moment (a writer in bash truncates, then
 writes): it counts as activity now. A session is idle for now - max(times), and not at all
@@ -40,6 +43,7 @@ from pathlib import Path
 DIR_IN_CONTAINERS = "/activity"
 START, VIEWER, AGENT, CONTROL, ENDED = "start", "viewer", "agent", "control", "ended"
 CLAIM = "claim"
+DISPLAY_READY = "display-ready"
 SOURCES = (START, VIEWER, AGENT)
 POLL_S = 1.0  # how often each container looks (the bash side polls every second too)
 IDLE = "idle"  # the reason in `ended`, and a result's / session's expired_by

@@ -218,8 +218,12 @@ class RfbClient:
         self.ws.send(struct.pack("!BBxxI", 4, 1 if down else 0, keysym))
 
 
-def wait_ready(host: str, port: int, deadline: float, poll: float = 0.02) -> float:
+def wait_ready(
+    host: str, port: int, deadline: float, poll: float = 0.02, banner: bool = True
+) -> float:
     """Poll until an RFB banner arrives through websockify; returns seconds waited.
+    Without BANNER, until websockify takes the websocket (for a display that said it is
+    ready: x11vnc sends a new client its banner 0.1-0.3 s late while none is connected).
 
     Reaching x11vnc through websockify means Xvfb, x11vnc and websockify all run.
     Raises TimeoutError with the last reason when `deadline` (time.monotonic) passes.
@@ -231,7 +235,8 @@ def wait_ready(host: str, port: int, deadline: float, poll: float = 0.02) -> flo
     while time.monotonic() < deadline:
         try:
             with RfbClient(host, port, timeout=1) as c:
-                c.hello()
+                if banner:
+                    c.hello()
                 return time.monotonic() - start
         except (OSError, RfbError) as exc:
             last = str(exc) or type(exc).__name__

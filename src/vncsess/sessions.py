@@ -461,9 +461,15 @@ def _wait_ready(settings: Settings, engine: Engine, session_id: str, deadline: f
     if session.endpoint is None:
         raise SessionFailed("the vnc container published no port", hint=_logs_hint(session_id))
     host, port = session.endpoint
+    said_ready = DataDir(settings.session_dir(session_id)).activity / activity.DISPLAY_READY
     while True:
         try:
-            rfb.wait_ready(host, port, min(deadline, time.monotonic() + 2))
+            step = min(deadline, time.monotonic() + 2)
+            if engine.builds_images:  # this tree's vnc image: the display says when it is ready
+                _wait_for(said_ready, step)
+                rfb.wait_ready(host, port, step, banner=False)
+            else:  # a registry's image, perhaps of another version: ask x11vnc itself
+                rfb.wait_ready(host, port, step)
             # What the engine said a moment ago still holds (both services were running);
             # the agent's own state is read afresh from the data dir.
             return _session_from(seen, settings)
@@ -479,6 +485,14 @@ def _wait_ready(settings: Settings, engine: Engine, session_id: str, deadline: f
                     f"session {session_id} did not start: {why}" + (f": {tail}" if tail else ""),
                     hint="`vncsess build` rebuilds the images; the logs were removed with it",
                 ) from None
+
+
+def _wait_for(path: Path, until: float) -> None:
+    """Until PATH exists (a stat every 20 ms, which costs nothing), or TimeoutError."""
+    while not path.exists():
+        if time.monotonic() >= until:
+            raise TimeoutError(f"the display has not said it is ready ({path.name})")
+        time.sleep(0.02)
 
 
 def _wait_recording(engine: Engine, session_id: str, data: DataDir, deadline: float) -> None:
