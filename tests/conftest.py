@@ -288,6 +288,22 @@ def scripted_llm(cli: Cli) -> Iterator[Callable[..., dict[str, Any]]]:
 CHROMIUM = os.environ.get("VNCSESS_TEST_CHROMIUM") or "/usr/bin/chromium"
 
 
+def lose_once(page: Any, pattern: str) -> list[str]:
+    """Make the first request PAGE sends for PATTERN fail, as when a browser sees its
+    network change and aborts what is in flight; the list gets its URL once it happened."""
+    lost: list[str] = []
+
+    def route(r: Any) -> None:
+        if lost:
+            r.continue_()
+        else:
+            lost.append(r.request.url)
+            r.abort("internetdisconnected")
+
+    page.route(pattern, route)
+    return lost
+
+
 @pytest.fixture(scope="session")
 def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
     """Debian's Chromium driven by Playwright, headless (no browser can be downloaded here:

@@ -18,27 +18,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import Cli, project_leftovers
+from tests.conftest import Cli, lose_once, project_leftovers
 from tests.test_api import TOKEN, Server, start_server
 from tests.test_pool import _wait_pool
 
 pytestmark = pytest.mark.docker
 
-CHROMIUM = "/usr/bin/chromium"
 # What the page may load from elsewhere than serve: nothing but data it made itself.
 OWN_SCHEMES = ("data:", "blob:", "about:")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium", False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -233,16 +220,7 @@ def test_start_a_session_from_the_form_and_see_the_desktop(cli: Cli, dash: Dash)
     page.fill("#f-name", "from-the-form")
     # One of noVNC's files is lost on the way, as when the browser sees the network change:
     # the page notices the view never connected and loads it again.
-    lost: list[str] = []
-
-    def lose_once(route: Any) -> None:
-        if lost:
-            route.continue_()
-        else:
-            lost.append(route.request.url)
-            route.abort("internetdisconnected")
-
-    page.route("**/core/websock.js", lose_once)
+    lost = lose_once(page, "**/core/websock.js")
     page.click("button:has-text('Start session')")
     page.locator("text=Starting the containers and the display").wait_for()
     page.wait_for_url("**/s/*", timeout=180_000)

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, lose_once
 from tests.test_api import AUTH, TOKEN, Server, start_server
 from tests.test_security import _pointer
 from vncsess.rfb import RfbClient, RfbError
@@ -59,16 +59,7 @@ def test_a_view_link_shows_the_desktop_in_chromium(cli: Cli, server: Server, bro
     page.on("request", lambda r: requests.append(r.url))
     # One of noVNC's files is lost on the way, as when the browser sees the network change
     # (Docker adding a container's interface on this machine): the page loads itself again.
-    lost: list[str] = []
-
-    def lose_once(route: Any) -> None:
-        if lost:
-            route.continue_()
-        else:
-            lost.append(route.request.url)
-            route.abort("internetdisconnected")
-
-    page.route("**/core/websock.js", lose_once)
+    lost = lose_once(page, "**/core/websock.js")
     try:
         page.goto(link["url"])
         page.wait_for_function(

@@ -514,6 +514,7 @@ def session_networks(spec: SessionSpec) -> tuple[str, str]:
 
 def compose_env(spec: SessionSpec) -> dict[str, str]:
     """The values compose interpolates into session.yml (written as session.env)."""
+    display_network, agent_network = session_networks(spec)
     return {
         "SESSION_ID": spec.session_id,
         "SESSION_NAME": spec.name,
@@ -526,8 +527,8 @@ def compose_env(spec: SessionSpec) -> dict[str, str]:
         "PUBLIC_HOST": spec.public_host,
         "BIND": spec.bind,
         "NOVNC_PORT": str(spec.port) if spec.port else "",
-        "DISPLAY_NETWORK": session_networks(spec)[0],
-        "AGENT_NETWORK": session_networks(spec)[1],
+        "DISPLAY_NETWORK": display_network,
+        "AGENT_NETWORK": agent_network,
         "VNC_IMAGE": spec.vnc_image,
         "AGENT_IMAGE": spec.agent_image,
         "VNCSESS_UID": str(spec.uid),
